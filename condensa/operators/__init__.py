@@ -1,0 +1,14 @@
+"""Compression operators: composable, idempotent, applied to a copy of the model."""
+
+from .base import ApplyResult, Compose, LayerRecord, Operator, Record, Strategy, bind_checked
+from .params import finalize, strip
+from .prune import BlockPrune, FilterPrune, NeuronPrune, NMPrune, Prune
+from .quantize import Quantize
+
+OPERATORS = {cls.__name__: cls for cls in (Prune, FilterPrune, NeuronPrune, BlockPrune, NMPrune, Quantize)}
+
+__all__ = [
+    "ApplyResult", "Compose", "LayerRecord", "Operator", "Record", "Strategy", "bind_checked",
+    "finalize", "strip", "Prune", "FilterPrune", "NeuronPrune", "BlockPrune", "NMPrune", "Quantize",
+    "OPERATORS",
+]

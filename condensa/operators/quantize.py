@@ -1,0 +1,54 @@
+"""Weight quantization: fp16, bf16, or symmetric per-output-channel integers (int8, int4, ...).
+
+The model keeps computing in fp32 with dequantized values ("fake quantization" with a
+straight-through gradient), so recovery can fine-tune through it and every accuracy figure is the
+accuracy of the stored low-precision weights. Export stores the integer codes and the fp32
+per-channel scales.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..knobs import Choice, is_open
+from . import params
+from .base import Operator
+from .select import select_layers, weight_names
+
+QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LSTM, nn.GRU, nn.RNN, nn.Embedding)
+DTYPES = ("int8", "int7", "int6", "int5", "int4", "int3", "int2", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Quantize(Operator):
+    """Quantize weights to ``dtype`` (one of int8..int2, fp16, bf16); may be a ``Choice`` knob."""
+
+    dtype: Any = "int8"
+    layers: Any = QUANTIZABLE
+    exclude: Any = ()
+
+    label = "quantize"
+    tunable = ("dtype",)
+
+    def validate(self) -> None:
+        values = self.dtype.options if isinstance(self.dtype, Choice) else (self.dtype,)
+        if is_open(self.dtype) and not isinstance(self.dtype, Choice):
+            raise ConfigError(f"Quantize.dtype must be a dtype name or a choice of them; allowed: {list(DTYPES)}")
+        for value in values:
+            if not params.is_quant_dtype(value):
+                raise ConfigError(f"Quantize.dtype must be one of {list(DTYPES)}, got {value!r}")
+
+    def _apply(self, model: nn.Module, touched: dict[str, list[str]]) -> None:
+        selected = select_layers(model, self.layers, self.exclude, supported=QUANTIZABLE, operator="Quantize")
+        for module_name, module in selected.items():
+            for tensor_name in weight_names(module):
+                params.set_quant(module, tensor_name, self.dtype)
+                key = f"{module_name}.{tensor_name}" if module_name else tensor_name
+                touched.setdefault(key, []).append(self.dtype)
+
+
+__all__ = ["Quantize", "DTYPES"]
