@@ -1,0 +1,62 @@
+"""The embedded default data set: scikit-learn's ``load_digits`` (1,797 real 8x8 images, 10 classes).
+
+It ships inside scikit-learn, so it needs no download; a fixed, seeded, stratified split gives
+train (60%), validation (20%) and test (20%). Pixels are scaled to [0, 1] and standardized with
+the training split's mean and std. Every example keeps its index in the original data set so
+reports can name exactly which examples a compressed model flipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+NUM_CLASSES = 10
+INPUT_SHAPE = (1, 8, 8)
+
+
+class IndexedTensorDataset(Dataset):
+    """``(x, y)`` pairs plus ``indices``: each example's id in the original data set."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
+        self.inputs, self.labels, self.indices = inputs, labels, indices
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.inputs[i], self.labels[i]
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+def digits_splits(seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Splits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    images = data.images.astype(np.float32) / 16.0
+    labels = data.target.astype(np.int64)
+    ids = np.arange(len(labels))
+    rest, test_ids = train_test_split(ids, test_size=test_fraction, stratify=labels, random_state=seed)
+    train_ids, val_ids = train_test_split(
+        rest, test_size=val_fraction / (1 - test_fraction), stratify=labels[rest], random_state=seed
+    )
+    mean, std = images[train_ids].mean(), images[train_ids].std()
+
+    def make(split_ids: np.ndarray) -> IndexedTensorDataset:
+        split_ids = np.sort(split_ids)
+        x = torch.from_numpy((images[split_ids] - mean) / std).unsqueeze(1)
+        return IndexedTensorDataset(x, torch.from_numpy(labels[split_ids]), torch.from_numpy(split_ids))
+
+    return Splits(make(train_ids), make(val_ids), make(test_ids), NUM_CLASSES, INPUT_SHAPE)

@@ -1,0 +1,64 @@
+"""Mismatches: inputs where the compressed model's label differs from the reference model's.
+
+Accuracy can stay flat while many answers change; users who ship a compressed model need to know
+how many labels flipped, whether the flips hit examples the reference got right, how unevenly
+they fall on classes, and exactly which examples flipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .accuracy import Predictions
+
+
+def mismatches(reference: Predictions, compressed: Predictions, num_classes: int | None = None, exemplars: int = 20) -> dict[str, Any]:
+    """Fidelity figures of ``compressed`` against ``reference`` on the same examples.
+
+    Rates are in percent. ``per_class_*`` is keyed by the true label. ``bias`` is the worst
+    class's mismatch rate divided by the mean class rate (1.0 = evenly spread; 0 when no flips).
+    """
+    if not torch.equal(reference.indices, compressed.indices):
+        raise ValueError("reference and compressed predictions are not on the same examples")
+    labels = reference.labels
+    ref_pred, cmp_pred = reference.predicted, compressed.predicted
+    flipped = ref_pred != cmp_pred
+    ref_correct = ref_pred == labels
+    n = len(labels)
+    num_classes = num_classes or int(max(int(labels.max()), int(ref_pred.max()), int(cmp_pred.max())) + 1)
+    per_class_count, per_class_rate = {}, {}
+    for c in range(num_classes):
+        in_class = labels == c
+        count = int((flipped & in_class).sum())
+        per_class_count[str(c)] = count
+        per_class_rate[str(c)] = 100.0 * count / int(in_class.sum()) if int(in_class.sum()) else 0.0
+    rates = list(per_class_rate.values())
+    mean_rate = sum(rates) / len(rates) if rates else 0.0
+    ref_conf, cmp_conf = reference.confidence, compressed.confidence
+    flipped_positions = torch.nonzero(flipped).reshape(-1).tolist()
+    # Most confident reference answers that changed first: the most surprising flips.
+    flipped_positions.sort(key=lambda i: -float(ref_conf[i]))
+    return {
+        "mismatches": int(flipped.sum()),
+        "mismatch_rate": 100.0 * int(flipped.sum()) / n if n else 0.0,
+        "mismatches_ref_correct": int((flipped & ref_correct).sum()),
+        "mismatch_rate_ref_correct": 100.0 * int((flipped & ref_correct).sum()) / max(1, int(ref_correct.sum())),
+        "mismatches_ref_wrong": int((flipped & ~ref_correct).sum()),
+        "per_class_mismatches": per_class_count,
+        "per_class_mismatch_rate": per_class_rate,
+        "mismatch_bias": (max(rates) / mean_rate) if mean_rate > 0 else 0.0,
+        "flipped_ids": sorted(int(reference.indices[i]) for i in flipped_positions),
+        "exemplars": [
+            {
+                "id": int(reference.indices[i]),
+                "label": int(labels[i]),
+                "reference_pred": int(ref_pred[i]),
+                "compressed_pred": int(cmp_pred[i]),
+                "reference_confidence": round(float(ref_conf[i]), 4),
+                "compressed_confidence": round(float(cmp_conf[i]), 4),
+            }
+            for i in flipped_positions[:exemplars]
+        ],
+    }

@@ -1,0 +1,97 @@
+"""Resolve a model spec to a fresh ``nn.Module``.
+
+A spec is a registered name (``digits_cnn``, ``digits_mlp``, ``char_lstm``), a torchvision model
+name (``resnet18``; random init, weights are never downloaded), ``package.module:function``, or
+``path/to/file.py:function``. Factories take keyword arguments from the config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import ModelError
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable:
+    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+@register("digits_cnn")
+def _digits_cnn(**kwargs: Any) -> nn.Module:
+    from .digits import DigitsCNN
+
+    return DigitsCNN(**kwargs)
+
+
+@register("digits_mlp")
+def _digits_mlp(**kwargs: Any) -> nn.Module:
+    from .digits import DigitsMLP
+
+    return DigitsMLP(**kwargs)
+
+
+def _load_file(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(f"condensa_user_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ModelError(f"model: cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolve_factory(spec: str | Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """The factory callable behind a spec (raises :class:`ModelError` naming the spec)."""
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str) or not spec:
+        raise ModelError(f"model.name must be a non-empty string, got {spec!r}")
+    if spec in REGISTRY:
+        return REGISTRY[spec]
+    if ":" in spec:
+        target, _, attr = spec.rpartition(":")
+        try:
+            if target.endswith(".py"):
+                path = Path(target)
+                if not path.is_file():
+                    raise ModelError(f"model.name: file {target} does not exist")
+                module = _load_file(path)
+            else:
+                module = importlib.import_module(target)
+        except ModelError:
+            raise
+        except Exception as error:  # noqa: BLE001 - report any import failure in one line
+            raise ModelError(f"model.name: cannot import '{target}': {type(error).__name__}: {error}") from error
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise ModelError(f"model.name: '{target}' has no callable '{attr}'")
+        return factory
+    import torchvision
+
+    if spec in torchvision.models.list_models():
+        return lambda **kwargs: torchvision.models.get_model(spec, weights=None, **kwargs)
+    raise ModelError(
+        f"model.name: unknown model '{spec}'; use one of {sorted(REGISTRY)}, a torchvision model name, "
+        "'package.module:function' or 'path/to/file.py:function'"
+    )
+
+
+def build_model(spec: str | Callable[..., nn.Module], **kwargs: Any) -> nn.Module:
+    factory = resolve_factory(spec)
+    try:
+        model = factory(**kwargs)
+    except Exception as error:  # noqa: BLE001 - a user factory can raise anything
+        raise ModelError(f"model factory '{spec}' raised {type(error).__name__}: {error}") from error
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model factory '{spec}' returned {type(model).__name__}, not an nn.Module")
+    return model
