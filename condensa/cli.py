@@ -1,0 +1,133 @@
+"""The ``condensa`` command line: search, compress, eval, export, report.
+
+Exit codes: 0 success; 2 bad input (a one-line message naming the field, no traceback);
+1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from typing import Sequence
+
+from .errors import CondensaError
+
+EXAMPLES = {
+    "search": """
+        examples:
+          condensa search configs/digits.yaml
+          condensa search configs/digits.yaml --out runs/digits --set search.budget=15
+          condensa search configs/digits-2knob.yaml --device cpu --seed 1
+        Re-running on the same --out folder resumes from its journal.""",
+    "compress": """
+        examples:
+          condensa compress configs/digits-compress.yaml --out runs/fixed
+          condensa compress configs/digits.yaml --set strategy.args.density=0.05""",
+    "eval": """
+        examples:
+          condensa eval runs/digits-export
+          condensa eval runs/digits-export --split val""",
+    "export": """
+        examples:
+          condensa export runs/digits --out runs/digits-export""",
+    "report": """
+        examples:
+          condensa report runs/digits        # writes runs/digits/report.md and report.html""",
+}
+
+
+def _common(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
+    if config:
+        parser.add_argument("config", help="YAML config file")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                            help="override a config value (YAML syntax), repeatable")
+        parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
+        parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.add_argument("--out", help="output folder (default: the config's output.dir or runs/<config>-<command>)")
+    parser.add_argument("--quiet", action="store_true", help="print only errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="condensa", description="Programmable model compression for PyTorch.")
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "search": "find the best values of the strategy's open knobs under accuracy/mismatch constraints",
+        "compress": "apply a concrete strategy, recover accuracy and measure",
+        "eval": "evaluate an exported checkpoint on the configured data",
+        "export": "write a packed checkpoint (safetensors + manifest + ONNX) from a result folder",
+        "report": "write report.md and report.html with plots for a result folder",
+    }
+    for name, text in helps.items():
+        sub = commands.add_parser(name, help=text, description=text, epilog=textwrap.dedent(EXAMPLES[name]),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name in ("search", "compress"):
+            _common(sub)
+        elif name == "export":
+            sub.add_argument("run_dir", help="output folder of 'condensa search' or 'condensa compress'")
+            _common(sub, config=False)
+            sub.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
+        elif name == "eval":
+            sub.add_argument("export_dir", help="folder written by 'condensa export'")
+            sub.add_argument("--split", choices=["val", "test"], default="test")
+            sub.add_argument("--device", choices=["auto", "cpu", "cuda"])
+            _common(sub, config=False)
+        elif name == "report":
+            sub.add_argument("run_dir", help="output folder of 'condensa search' or 'condensa compress'")
+            _common(sub, config=False)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"condensa {__version__}"
+
+
+def _load(args: argparse.Namespace):
+    from .config import load_config
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    return load_config(args.config, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import commands
+
+    log = (lambda *_: None) if args.quiet else print
+    if args.command == "compress":
+        commands.compress(_load(args), out=args.out, config_path=args.config, quiet=args.quiet, log=log)
+    elif args.command == "search":
+        commands.run_search(_load(args), out=args.out, config_path=args.config, quiet=args.quiet, log=log)
+    elif args.command == "export":
+        commands.export(args.run_dir, out=args.out, onnx=not args.no_onnx, quiet=args.quiet, log=log)
+    elif args.command == "eval":
+        commands.evaluate_export(args.export_dir, split=args.split, device=args.device, out=args.out, quiet=args.quiet, log=log)
+    elif args.command == "report":
+        commands.report(args.run_dir, out=args.out, quiet=args.quiet, log=log)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    try:
+        return run(args)
+    except CondensaError as error:
+        message = " ".join(str(error).split())
+        print(f"condensa: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("condensa: interrupted (a search resumes from its journal when re-run)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

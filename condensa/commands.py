@@ -1,0 +1,238 @@
+"""What each ``condensa`` sub-command does, as plain functions the CLI and tests call.
+
+Every command writes into an output folder: ``config.json`` (the resolved config, so ``export``,
+``eval`` and ``report`` can rebuild the workspace), ``result.json`` and ``compressed.safetensors``;
+``search`` adds ``journal.jsonl``, from which a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Config, parse_config
+from .errors import ConfigError, KnobError
+from .io import atomic_write_json
+from .pipeline import Workspace, result_summary, save_weights, versions
+from .progress import Progress
+
+
+def _out_dir(config: Config, out: str | None, config_path: str | None, kind: str) -> Path:
+    if out:
+        path = Path(out)
+    elif config.output.dir:
+        path = Path(config.output.dir)
+    else:
+        stem = Path(config_path).stem if config_path else "run"
+        path = Path("runs") / f"{stem}-{kind}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"--out: cannot write to {path}: {error.strerror or error}") from None
+    return path
+
+
+def _epoch_progress(desc: str, total: int, quiet: bool) -> tuple[Progress, Callable[[int, float], None]]:
+    bar = Progress(total, desc, quiet=quiet, unit="epoch", leave=False)
+
+    def update(epoch: int, loss: float) -> None:
+        bar.update(1, loss=loss)
+
+    return bar, update
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    return str(n)
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    rows = [
+        ("accuracy", f"{metrics['accuracy']:.2f}% (reference {metrics['reference_accuracy']:.2f}%, drop {metrics['accuracy_drop']:+.2f} pts)"),
+        ("mismatches", f"{metrics['mismatches']} ({metrics['mismatch_rate']:.2f}%), {metrics['mismatches_ref_correct']} where the reference was right"),
+        ("density", f"{metrics['density']:.4f}"),
+        ("footprint", f"{_fmt_bytes(metrics['footprint_bytes'])} vs {_fmt_bytes(metrics['reference_bytes'])} fp32 -> {metrics['compression_ratio']:.1f}x smaller"),
+        ("FLOPs", f"{metrics['flops_effective']:.3g} effective / {metrics['flops_dense']:.3g} dense"),
+    ]
+    if "latency_ms" in metrics:
+        rows.append(("latency", f"{metrics['latency_ms']:.3f} ms (batch {metrics['latency_batch_size']}, {metrics['latency_threads']} threads)"))
+    return _table(rows)
+
+
+def _resolved(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def compress(config: Config, *, out: str | None = None, config_path: str | None = None, quiet: bool = False,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Apply the (concrete) strategy, recover, measure on validation and test, write the result."""
+    start = time.perf_counter()
+    out_dir = _out_dir(config, out, config_path, "compress")
+    workspace = Workspace(config, log=log)
+    strategy = workspace.strategy
+    if strategy.knobs():
+        listing = ", ".join(f"{k} ({v.describe()})" for k, v in strategy.knobs().items())
+        raise KnobError(f"strategy has open knobs: {listing}; use 'condensa search', or fix them, e.g. --set strategy.args.density=0.05")
+    recovery = workspace.recovery_config()
+    bar, update = _epoch_progress("recovery", max(1, getattr(recovery, "epochs", 1)), quiet)
+    with bar:
+        evaluation = workspace.evaluate(strategy, split="test", progress=update)
+    validation = workspace.measure(evaluation.model, "val", evaluation.record)
+    test = evaluation.metrics
+    result = {
+        "command": "compress",
+        **result_summary(test),
+        "test": test,
+        "validation": validation,
+        "strategy": strategy.to_dict(),
+        "record": evaluation.record.to_dict(),
+        "seed": config.seed,
+        "device": str(workspace.device),
+        "seconds": time.perf_counter() - start,
+        "versions": versions(),
+    }
+    _write_outputs(out_dir, config, result, evaluation.model)
+    if not quiet:
+        log(f"compressed {config.model.name} with {type(strategy).__name__} -> {out_dir}")
+        log(summary_table(test))
+    return result
+
+
+def _write_outputs(out_dir: Path, config: Config, result: dict[str, Any], model) -> None:
+    atomic_write_json(out_dir / "config.json", _resolved(config))
+    if config.output.save_weights and model is not None:
+        save_weights(model, out_dir / "compressed.safetensors")
+    atomic_write_json(out_dir / "result.json", result)
+
+
+def _fingerprint(config: Config, strategy) -> dict[str, Any]:
+    return {
+        "strategy": strategy.to_dict(),
+        "model": dataclasses.asdict(config.model),
+        "data": dataclasses.asdict(config.data),
+        "recovery": config.recovery,
+        "objective": config.search.objective,
+        "direction": config.search.direction,
+        "constraints": config.search.constraints,
+        "method": config.search.method,
+        "eval_epochs": config.search.eval_epochs,
+        "seed": config.seed,
+    }
+
+
+def evaluations_table(evaluations: list[Any], objective: str) -> str:
+    header = f"  {'#':>2}  {'knobs':<40} {'acc drop':>8} {'mismatch%':>9} {objective:>16} {'ratio':>7}  feasible"
+    lines = [header, "  " + "-" * (len(header) - 2)]
+    for ev in evaluations:
+        m = ev.metrics or {}
+        knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.knobs.items())
+        if ev.status != "ok":
+            lines.append(f"  {ev.index:>2}  {knobs:<40} failed: {ev.message if hasattr(ev, 'message') else ''}"[:160])
+            continue
+        lines.append(
+            f"  {ev.index:>2}  {knobs:<40} {m.get('accuracy_drop', float('nan')):>8.2f} {m.get('mismatch_rate', float('nan')):>9.2f} "
+            f"{ev.objective:>16.6g} {m.get('compression_ratio', float('nan')):>7.1f}  {'yes' if ev.feasible else 'no'}"
+        )
+    return "\n".join(lines)
+
+
+def run_search(config: Config, *, out: str | None = None, config_path: str | None = None, quiet: bool = False,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Search the strategy's open knobs, then re-run the best with the full recovery budget on test."""
+    from .search import Constraint, Objective, search
+
+    start = time.perf_counter()
+    out_dir = _out_dir(config, out, config_path, "search")
+    workspace = Workspace(config, log=log)
+    strategy = workspace.strategy
+    if not strategy.knobs():
+        raise KnobError("strategy has no open knobs to search; give a range, e.g. density: {low: 0.01, high: 0.5, log: true}, or use 'condensa compress'")
+    search_cfg = config.search
+    metric = workspace.objective_metric()
+    objective = Objective(metric=metric, direction=search_cfg.direction, cheap=workspace.cheap_objective(strategy))
+    constraints = [Constraint(metric=c["metric"], upper=float(c["upper"])) for c in search_cfg.constraints]
+    bar = Progress(search_cfg.budget, "search", quiet=quiet, unit="eval")
+
+    def on_evaluation(evaluation, so_far) -> None:
+        best = so_far.best_metrics or {}
+        postfix = {"best_" + metric: best.get(metric, "none")}
+        if "compression_ratio" in best:
+            postfix["ratio"] = best["compression_ratio"]
+        bar.update(1, **postfix)
+
+    def evaluate(bound):
+        return workspace.evaluate(bound, split="val", epochs=search_cfg.eval_epochs).metrics
+
+    journal = out_dir / "journal.jsonl"
+    with bar:
+        result = search(strategy, evaluate, objective, constraints, budget=search_cfg.budget, seed=config.seed,
+                        method=search_cfg.method, journal=journal, fingerprint=_fingerprint(config, strategy),
+                        n_init=search_cfg.n_init, on_evaluation=on_evaluation)
+    summary: dict[str, Any] = {
+        "command": "search",
+        "feasible": result.feasible,
+        "samples": result.samples,
+        "knobs": result.best_knobs,
+        "objective": {"metric": metric, "direction": search_cfg.direction},
+        "constraints": search_cfg.constraints,
+        "message": result.message,
+        "search": result.to_dict(),
+        "seed": config.seed,
+        "device": str(workspace.device),
+        "versions": versions(),
+    }
+    model = None
+    if result.feasible:
+        best = strategy.bind(result.best_knobs)
+        recovery = workspace.recovery_config()
+        epoch_bar, update = _epoch_progress("final recovery", max(1, getattr(recovery, "epochs", 1)), quiet)
+        with epoch_bar:
+            final = workspace.evaluate(best, split="test", progress=update)
+        model = final.model
+        summary.update(result_summary(final.metrics))
+        summary.update({
+            "strategy": best.to_dict(),
+            "test": final.metrics,
+            "validation": workspace.measure(final.model, "val", final.record),
+            "validation_search": result.best_metrics,
+            "record": final.record.to_dict(),
+        })
+    else:
+        summary["strategy"] = strategy.to_dict()
+    summary["seconds"] = time.perf_counter() - start
+    _write_outputs(out_dir, config, summary, model)
+    if not quiet:
+        log(evaluations_table(result.evaluations, metric))
+        if result.feasible:
+            knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_knobs.items())
+            log(f"best: {knobs} after {result.samples} evaluations; final model on the test split:")
+            log(summary_table(summary["test"]))
+        else:
+            log(result.message)
+        log(f"results in {out_dir}")
+    return summary
+
+
+def load_run_config(run_dir: Path) -> Config:
+    import json
+
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no config.json; expected the output folder of 'condensa compress' or 'condensa search'")
+    return parse_config(json.loads(path.read_text()))
+
+
+__all__ = ["compress", "run_search", "summary_table", "load_run_config"]

@@ -1,0 +1,234 @@
+"""The pipeline behind ``condensa compress`` and ``condensa search``.
+
+A :class:`Workspace` holds what every evaluation shares (data splits, the reference model and
+its predictions); ``evaluate`` compresses a copy of the reference with a concrete strategy,
+recovers accuracy and measures it. The search only sees ``evaluate`` as a callable.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .config import Config
+from .data.loaders import data_key, load_splits
+from .device import resolve_device
+from .errors import ConfigError, ModelError
+from .metrics import count_flops, footprint, measure_latency, mismatches, overall_density, predict
+from .metrics.accuracy import Predictions
+from .operators import Strategy, finalize
+from .operators.base import Record
+from .recovery.finetune import TrainConfig
+from .strategies import build_strategy
+
+OBJECTIVE_METRICS = {"footprint": "footprint_bytes", "flops": "flops_effective", "latency": "latency_ms"}
+
+
+def versions() -> dict[str, str]:
+    import botorch
+    import gpytorch
+
+    from . import __version__
+
+    return {"condensa": __version__, "torch": torch.__version__, "botorch": botorch.__version__,
+            "gpytorch": gpytorch.__version__, "python": platform.python_version()}
+
+
+@dataclass
+class Evaluation:
+    """One compressed model and its measurements."""
+
+    model: nn.Module
+    record: Record
+    metrics: dict[str, Any]
+    strategy: Strategy
+
+
+def _load_callable(spec: str, where: str) -> Callable:
+    target, _, attr = spec.rpartition(":")
+    if target.endswith(".py"):
+        if not Path(target).is_file():
+            raise ConfigError(f"{where}: file {target} does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"condensa_user_{Path(target).stem}", target)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as error:
+            raise ConfigError(f"{where}: cannot import '{target}': {error}") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ConfigError(f"{where}: '{target}' has no callable '{attr}'")
+    return function
+
+
+
+class Workspace:
+    """Data, reference model and reference predictions shared by every evaluation."""
+
+    def __init__(self, config: Config, *, log: Callable[[str], None] = print, cache: str | None = None) -> None:
+        from .models.reference import load_weights, train_reference
+        from .models.registry import build_model
+
+        self.config = config
+        self.log = log
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.splits = load_splits(config.data)
+        model_cfg = config.model
+        if model_cfg.checkpoint:
+            self.reference = load_weights(build_model(model_cfg.name, **model_cfg.kwargs), model_cfg.checkpoint).eval()
+        else:
+            train_cfg = TrainConfig(
+                epochs=model_cfg.train.epochs, lr=model_cfg.train.lr, optimizer=model_cfg.train.optimizer,
+                weight_decay=model_cfg.train.weight_decay, batch_size=model_cfg.train.batch_size,
+            )
+            self.reference = train_reference(
+                model_cfg.name, model_cfg.kwargs, self.splits, train_cfg, data_key=data_key(config.data),
+                seed=config.seed, device=self.device, cache=cache, log=log,
+            )
+        self.reference.to(self.device).eval()
+        self.strategy = build_strategy(config.strategy.scheme, config.strategy.args, config.strategy.ops)
+        self._reference_predictions: dict[str, Predictions] = {}
+        self._objective_fn: Callable | None = None
+        objective = config.search.objective
+        if objective not in OBJECTIVE_METRICS and ":" in objective:
+            self._objective_fn = _load_callable(objective, "search.objective")
+
+    # -- data ---------------------------------------------------------------------------------
+    def split(self, name: str):
+        if name not in ("train", "val", "test"):
+            raise ConfigError(f"split must be train, val or test, got {name!r}")
+        return getattr(self.splits, name)
+
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        """A batch of real validation inputs (repeated if the split is smaller)."""
+        data = self.splits.val
+        items = [data[i % len(data)][0] for i in range(batch_size)]
+        return torch.stack(items).to(self.device)
+
+    def reference_predictions(self, split: str) -> Predictions:
+        if split not in self._reference_predictions:
+            self._reference_predictions[split] = predict(self.reference, self.split(split), device=self.device)
+        return self._reference_predictions[split]
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def recovery_config(self, epochs: int | None = None):
+        from .recovery import RecoveryConfig
+
+        recovery = RecoveryConfig.from_dict(dict(self.config.recovery), where="recovery")
+        if epochs is not None:
+            recovery = recovery.replace(epochs=epochs) if hasattr(recovery, "replace") else recovery
+        return recovery
+
+    def evaluate(self, strategy: Strategy, *, split: str = "val", epochs: int | None = None,
+                 progress: Callable[[int, float], None] | None = None) -> Evaluation:
+        """Compress a copy of the reference with ``strategy``, recover, and measure on ``split``."""
+        from .recovery import recover
+
+        start = time.perf_counter()
+        model, _ = strategy.apply(self.reference)
+        recovery = self.recovery_config(epochs)
+        model = recover(model, self.reference, self.splits.train, recovery, strategy=strategy,
+                        device=self.device, seed=self.config.seed, progress=progress)
+        record = _record_of(model)
+        metrics = self.measure(model, split, record)
+        metrics["seconds"] = time.perf_counter() - start
+        return Evaluation(model, record, metrics, strategy)
+
+    def measure(self, model: nn.Module, split: str, record: Record | None = None) -> dict[str, Any]:
+        """Accuracy, mismatches, density, footprint, FLOPs (and latency if configured)."""
+        model.to(self.device).eval()
+        reference = self.reference_predictions(split)
+        compressed = predict(model, self.split(split), device=self.device)
+        size = footprint(model, record.bits if record is not None else None)
+        metrics: dict[str, Any] = {
+            "split": split,
+            "reference_accuracy": reference.accuracy,
+            "accuracy": compressed.accuracy,
+            "accuracy_drop": reference.accuracy - compressed.accuracy,
+        }
+        metrics.update(mismatches(reference, compressed, self.splits.num_classes))
+        metrics.update({
+            "density": overall_density(model),
+            "footprint_bytes": size.bytes,
+            "reference_bytes": size.reference_bytes,
+            "compression_ratio": size.compression_ratio,
+        })
+        metrics.update(count_flops(model, self.example_input(1)))
+        metrics["flops_ratio"] = metrics["flops_dense"] / max(1.0, metrics["flops_effective"])
+        if self.config.metrics.latency or self.config.search.objective == "latency":
+            baked = finalize(copy.deepcopy(model))
+            metrics.update(measure_latency(baked, self.example_input(self.config.metrics.latency_batch_size),
+                                           repeats=self.config.metrics.latency_repeats))
+        if self._objective_fn is not None:
+            value = self._objective_fn(model, metrics)
+            if not isinstance(value, (int, float)):
+                raise ConfigError(f"search.objective: {self.config.search.objective} returned {value!r}, not a number")
+            metrics["objective"] = float(value)
+        return metrics
+
+    def objective_metric(self) -> str:
+        objective = self.config.search.objective
+        if objective in OBJECTIVE_METRICS:
+            return OBJECTIVE_METRICS[objective]
+        return "objective" if self._objective_fn is not None else objective
+
+    def cheap_objective(self, strategy: Strategy) -> Callable[[dict], float] | None:
+        """For footprint and FLOPs the objective depends only on the knobs: compute it without
+        training (apply the strategy to the reference and measure) instead of modeling it."""
+        objective = self.config.search.objective
+        if objective not in ("footprint", "flops"):
+            return None
+        example = self.example_input(1)
+
+        def compute(knobs: dict) -> float:
+            model, record = strategy.bind(knobs).apply(self.reference)
+            if objective == "footprint":
+                return footprint(model).bytes
+            return count_flops(model, example)["flops_effective"]
+
+        return compute
+
+
+def _record_of(model: nn.Module) -> Record:
+    from .operators.base import measure_record
+
+    return measure_record(model)
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """The compressed weights as plain safetensors (``condensa export`` writes packed files)."""
+    import os
+
+    from safetensors.torch import save_file
+
+    baked = finalize(copy.deepcopy(model)).cpu()
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in baked.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def result_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ["reference_accuracy", "accuracy", "accuracy_drop", "mismatches", "mismatches_ref_correct",
+            "mismatches_ref_wrong", "mismatch_rate", "mismatch_bias", "density", "footprint_bytes",
+            "reference_bytes", "compression_ratio", "flops_dense", "flops_effective", "latency_ms"]
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def json_dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+
+
+__all__ = ["Workspace", "Evaluation", "versions", "save_weights", "result_summary", "ModelError"]

@@ -1,0 +1,88 @@
+"""Build strategies from configs: a scheme by name or path, or an explicit list of operators."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, CondensaError
+from .operators import OPERATORS, Compose, Strategy
+from .operators.base import parse_arg
+
+
+def available_schemes() -> list[str]:
+    import condensa.schemes as package
+
+    return sorted(p.stem for p in Path(package.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _scheme_function(spec: str):
+    if spec.endswith(".py") or ".py:" in spec:
+        path_text, _, func = spec.partition(".py")
+        path = Path(path_text + ".py")
+        func = func.lstrip(":") or "strategy"
+        if not path.is_file():
+            raise ConfigError(f"strategy.scheme: file {path} does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"condensa_scheme_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        if spec not in available_schemes():
+            raise ConfigError(f"strategy.scheme: unknown scheme '{spec}'; available: {available_schemes()} or a path to a .py file")
+        module = importlib.import_module(f"condensa.schemes.{spec}")
+        func = "strategy"
+    function = getattr(module, func, None)
+    if not callable(function):
+        raise ConfigError(f"strategy.scheme: '{spec}' defines no function '{func}'")
+    return function
+
+
+def load_scheme(spec: str, args: dict[str, Any] | None = None) -> Strategy:
+    """Call the scheme's ``strategy(**args)``; YAML ranges (``{low, high}``) become knobs."""
+    function = _scheme_function(spec)
+    args = {key: parse_arg(value, f"strategy.args.{key}") for key, value in (args or {}).items()}
+    allowed = list(inspect.signature(function).parameters)
+    unknown = [key for key in args if key not in allowed]
+    if unknown:
+        raise ConfigError(f"strategy.args: unknown argument(s) {unknown} for scheme '{spec}'; allowed: {allowed}")
+    strategy = function(**args)
+    if not isinstance(strategy, Strategy):
+        raise ConfigError(f"strategy.scheme: '{spec}' returned {type(strategy).__name__}, not a condensa strategy")
+    return strategy
+
+
+def build_operator(entry: Any, where: str) -> Strategy:
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise ConfigError(f"{where}: each operator is a mapping {{Name: {{args}}}}; operators: {sorted(OPERATORS)}")
+    (name, args), = entry.items()
+    if name not in OPERATORS:
+        raise ConfigError(f"{where}: unknown operator '{name}'; allowed: {sorted(OPERATORS)}")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"{where}.{name}: arguments must be a mapping, got {args!r}")
+    cls = OPERATORS[name]
+    fields = [f for f in cls.__dataclass_fields__]
+    unknown = [key for key in args if key not in fields]
+    if unknown:
+        raise ConfigError(f"{where}.{name}: unknown argument(s) {unknown}; allowed: {fields}")
+    parsed = {key: parse_arg(value, f"{where}.{name}.{key}") for key, value in args.items()}
+    try:
+        return cls(**parsed)
+    except CondensaError as error:
+        raise ConfigError(f"{where}.{name}: {error}") from None
+
+
+def build_strategy(scheme: str | None, args: dict[str, Any] | None, ops: list | None) -> Strategy:
+    """A strategy from ``scheme`` + ``args`` or from ``ops`` (exactly one of the two)."""
+    if bool(scheme) == bool(ops):
+        raise ConfigError("strategy: give exactly one of 'scheme' (with optional 'args') or 'ops'")
+    if scheme:
+        return load_scheme(scheme, args)
+    if not isinstance(ops, list):
+        raise ConfigError("strategy.ops: expected a list of {Operator: {args}}")
+    built = [build_operator(entry, f"strategy.ops[{i}]") for i, entry in enumerate(ops)]
+    return built[0] if len(built) == 1 else Compose(built)
