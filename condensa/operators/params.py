@@ -149,7 +149,7 @@ def _reattach(module: nn.Module, name: str, mask: torch.Tensor | None, quant: Fa
 def _refresh_rnn(module: nn.Module) -> None:
     # RNN modules cache their weights in ``_flat_weights``; after (un)parametrizing we rebuild it.
     if isinstance(module, nn.RNNBase):
-        module._flat_weights = [getattr(module, wn) if hasattr(module, wn) else None for wn in module._flat_weights_names]
+        module._init_flat_weights()
 
 
 def set_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
