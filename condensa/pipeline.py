@@ -159,6 +159,7 @@ class Workspace:
             "accuracy": compressed.accuracy,
             "accuracy_drop": reference.accuracy - compressed.accuracy,
         }
+        metrics.update(_likelihood(reference, compressed))
         metrics.update(mismatches(reference, compressed, self.splits.num_classes))
         metrics.update({
             "density": overall_density(model),
@@ -202,6 +203,18 @@ class Workspace:
         return compute
 
 
+def _likelihood(reference: Predictions, compressed: Predictions) -> dict[str, float]:
+    """Mean negative log-likelihood (nats) and perplexity of both models; for language models
+    perplexity is the usual quality figure, and ``perplexity_increase`` (percent) a natural bound."""
+    import math
+
+    ref_nll = float(torch.nn.functional.cross_entropy(reference.logits, reference.labels))
+    nll = float(torch.nn.functional.cross_entropy(compressed.logits, compressed.labels))
+    ref_ppl, ppl = math.exp(min(ref_nll, 50.0)), math.exp(min(nll, 50.0))
+    return {"nll": nll, "reference_nll": ref_nll, "perplexity": ppl, "reference_perplexity": ref_ppl,
+            "perplexity_increase": 100.0 * (ppl / ref_ppl - 1.0)}
+
+
 def _record_of(model: nn.Module) -> Record:
     from .operators.base import measure_record
 
@@ -221,7 +234,7 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def result_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ["reference_accuracy", "accuracy", "accuracy_drop", "mismatches", "mismatches_ref_correct",
+    keys = ["reference_accuracy", "accuracy", "accuracy_drop", "perplexity", "reference_perplexity", "mismatches", "mismatches_ref_correct",
             "mismatches_ref_wrong", "mismatch_rate", "mismatch_bias", "density", "footprint_bytes",
             "reference_bytes", "compression_ratio", "flops_dense", "flops_effective", "latency_ms"]
     return {k: metrics[k] for k in keys if k in metrics}

@@ -41,6 +41,13 @@ def _digits_mlp(**kwargs: Any) -> nn.Module:
     return DigitsMLP(**kwargs)
 
 
+@register("char_lstm")
+def _char_lstm(**kwargs: Any) -> nn.Module:
+    from .text import CharLSTM
+
+    return CharLSTM(**kwargs)
+
+
 def _load_file(path: Path) -> Any:
     spec = importlib.util.spec_from_file_location(f"condensa_user_{path.stem}", path)
     if spec is None or spec.loader is None:
