@@ -81,7 +81,7 @@ def compress(config: Config, *, out: str | None = None, config_path: str | None 
     """Apply the (concrete) strategy, recover, measure on validation and test, write the result."""
     start = time.perf_counter()
     out_dir = _out_dir(config, out, config_path, "compress")
-    workspace = Workspace(config, log=log)
+    workspace = Workspace.from_config(config, log=log)
     strategy = workspace.strategy
     if strategy.knobs():
         listing = ", ".join(f"{k} ({v.describe()})" for k, v in strategy.knobs().items())
@@ -156,7 +156,7 @@ def run_search(config: Config, *, out: str | None = None, config_path: str | Non
 
     start = time.perf_counter()
     out_dir = _out_dir(config, out, config_path, "search")
-    workspace = Workspace(config, log=log)
+    workspace = Workspace.from_config(config, log=log)
     strategy = workspace.strategy
     if not strategy.knobs():
         raise KnobError("strategy has no open knobs to search; give a range, e.g. density: {low: 0.01, high: 0.5, log: true}, or use 'condensa compress'")

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .config import Config
+from .config import Config, MetricsConfig
 from .data.loaders import data_key, load_splits
 from .device import resolve_device
 from .errors import ConfigError, ModelError
@@ -75,36 +75,68 @@ def _load_callable(spec: str, where: str) -> Callable:
 
 
 class Workspace:
-    """Data, reference model and reference predictions shared by every evaluation."""
+    """Data, reference model and reference predictions shared by every evaluation.
 
-    def __init__(self, config: Config, *, log: Callable[[str], None] = print, cache: str | None = None) -> None:
+    Build it from objects (Python users) or with :meth:`from_config` (the CLI)::
+
+        workspace = Workspace(reference_model, digits_splits(), recovery={"epochs": 4})
+        evaluation = workspace.evaluate(Prune(0.05))
+    """
+
+    def __init__(
+        self,
+        reference: nn.Module,
+        splits: Any,
+        strategy: Strategy | None = None,
+        *,
+        recovery: dict[str, Any] | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        objective: str | Callable = "footprint",
+        metrics: MetricsConfig | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.reference = reference.to(self.device).eval()
+        self.splits = splits
+        self.strategy = strategy
+        self.recovery = dict(recovery or {})
+        self.seed = seed
+        self.objective = objective
+        self.metrics_config = metrics or MetricsConfig()
+        self.log = log
+        self._reference_predictions: dict[str, Predictions] = {}
+        self._objective_fn: Callable | None = None
+        if callable(objective):
+            self._objective_fn = objective
+        elif objective not in OBJECTIVE_METRICS and ":" in objective:
+            self._objective_fn = _load_callable(objective, "search.objective")
+        self.recovery_config()  # validate early: a typo should fail before any training
+
+    @classmethod
+    def from_config(cls, config: Config, *, log: Callable[[str], None] = print, cache: str | None = None) -> "Workspace":
+        """Load data, build (train or load) the reference model and the strategy of a config."""
         from .models.reference import load_weights, train_reference
         from .models.registry import build_model
 
-        self.config = config
-        self.log = log
-        self.device = resolve_device(config.device)
+        device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        self.splits = load_splits(config.data)
+        splits = load_splits(config.data)
         model_cfg = config.model
         if model_cfg.checkpoint:
-            self.reference = load_weights(build_model(model_cfg.name, **model_cfg.kwargs), model_cfg.checkpoint).eval()
+            reference = load_weights(build_model(model_cfg.name, **model_cfg.kwargs), model_cfg.checkpoint)
         else:
             train_cfg = TrainConfig(
                 epochs=model_cfg.train.epochs, lr=model_cfg.train.lr, optimizer=model_cfg.train.optimizer,
                 weight_decay=model_cfg.train.weight_decay, batch_size=model_cfg.train.batch_size,
             )
-            self.reference = train_reference(
-                model_cfg.name, model_cfg.kwargs, self.splits, train_cfg, data_key=data_key(config.data),
-                seed=config.seed, device=self.device, cache=cache, log=log,
+            reference = train_reference(
+                model_cfg.name, model_cfg.kwargs, splits, train_cfg, data_key=data_key(config.data),
+                seed=config.seed, device=device, cache=cache, log=log,
             )
-        self.reference.to(self.device).eval()
-        self.strategy = build_strategy(config.strategy.scheme, config.strategy.args, config.strategy.ops)
-        self._reference_predictions: dict[str, Predictions] = {}
-        self._objective_fn: Callable | None = None
-        objective = config.search.objective
-        if objective not in OBJECTIVE_METRICS and ":" in objective:
-            self._objective_fn = _load_callable(objective, "search.objective")
+        strategy = build_strategy(config.strategy.scheme, config.strategy.args, config.strategy.ops)
+        return cls(reference, splits, strategy, recovery=config.recovery, device=config.device, seed=config.seed,
+                   objective=config.search.objective, metrics=config.metrics, log=log)
 
     # -- data ---------------------------------------------------------------------------------
     def split(self, name: str):
@@ -127,7 +159,7 @@ class Workspace:
     def recovery_config(self, epochs: int | None = None):
         from .recovery import RecoveryConfig
 
-        recovery = RecoveryConfig.from_dict(dict(self.config.recovery), where="recovery")
+        recovery = RecoveryConfig.from_dict(dict(self.recovery), where="recovery")
         if epochs is not None:
             recovery = recovery.replace(epochs=epochs) if hasattr(recovery, "replace") else recovery
         return recovery
@@ -141,7 +173,7 @@ class Workspace:
         model, _ = strategy.apply(self.reference)
         recovery = self.recovery_config(epochs)
         model = recover(model, self.reference, self.splits.train, recovery, strategy=strategy,
-                        device=self.device, seed=self.config.seed, progress=progress)
+                        device=self.device, seed=self.seed, progress=progress)
         record = _record_of(model)
         metrics = self.measure(model, split, record)
         metrics["seconds"] = time.perf_counter() - start
@@ -169,19 +201,21 @@ class Workspace:
         })
         metrics.update(count_flops(model, self.example_input(1)))
         metrics["flops_ratio"] = metrics["flops_dense"] / max(1.0, metrics["flops_effective"])
-        if self.config.metrics.latency or self.config.search.objective == "latency":
+        if self.metrics_config.latency or self.objective == "latency":
             baked = finalize(copy.deepcopy(model))
-            metrics.update(measure_latency(baked, self.example_input(self.config.metrics.latency_batch_size),
-                                           repeats=self.config.metrics.latency_repeats))
+            metrics.update(measure_latency(baked, self.example_input(self.metrics_config.latency_batch_size),
+                                           repeats=self.metrics_config.latency_repeats))
         if self._objective_fn is not None:
             value = self._objective_fn(model, metrics)
             if not isinstance(value, (int, float)):
-                raise ConfigError(f"search.objective: {self.config.search.objective} returned {value!r}, not a number")
+                raise ConfigError(f"search.objective: {self.objective} returned {value!r}, not a number")
             metrics["objective"] = float(value)
         return metrics
 
     def objective_metric(self) -> str:
-        objective = self.config.search.objective
+        objective = self.objective
+        if callable(objective):
+            return "objective"
         if objective in OBJECTIVE_METRICS:
             return OBJECTIVE_METRICS[objective]
         return "objective" if self._objective_fn is not None else objective
@@ -189,7 +223,7 @@ class Workspace:
     def cheap_objective(self, strategy: Strategy) -> Callable[[dict], float] | None:
         """For footprint and FLOPs the objective depends only on the knobs: compute it without
         training (apply the strategy to the reference and measure) instead of modeling it."""
-        objective = self.config.search.objective
+        objective = self.objective
         if objective not in ("footprint", "flops"):
             return None
         example = self.example_input(1)
