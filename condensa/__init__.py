@@ -22,7 +22,14 @@ from .operators import (
 
 __version__ = "0.1.0"
 
+
+def workspace(*args, **kwargs):
+    """Shortcut for :func:`condensa.pipeline.workspace` (data + reference model + recovery)."""
+    from .pipeline import workspace as make
+
+    return make(*args, **kwargs)
+
 __all__ = [
     "CondensaError", "ConfigError", "KnobError", "Choice", "Range", "BlockPrune", "Compose", "FilterPrune",
-    "NeuronPrune", "NMPrune", "Prune", "Quantize", "Strategy", "finalize", "strip", "__version__",
+    "NeuronPrune", "NMPrune", "Prune", "Quantize", "Strategy", "finalize", "strip", "workspace", "__version__",
 ]

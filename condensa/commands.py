@@ -236,3 +236,98 @@ def load_run_config(run_dir: Path) -> Config:
 
 
 __all__ = ["compress", "run_search", "summary_table", "load_run_config"]
+
+
+def _read_result(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    path = run_dir / "result.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no result.json; expected the output folder of 'condensa compress' or 'condensa search'")
+    return json.loads(path.read_text())
+
+
+def _quant_dtypes(record: dict[str, Any]) -> dict[str, str]:
+    from .operators.params import is_quant_dtype
+
+    dtypes = {}
+    for name, entry in (record or {}).items():
+        for op in entry.get("ops", []):
+            if is_quant_dtype(op):
+                dtypes[name] = op
+    return dtypes
+
+
+def load_compressed(run_dir: str | Path):
+    """Rebuild the compressed model of a result folder: the model from its config's factory, the
+    compressed weights, and the quantizers re-attached from the record (so export sees int codes)."""
+    from .models.reference import load_weights
+    from .models.registry import build_model
+    from .operators import params
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    result = _read_result(run_dir)
+    weights = run_dir / "compressed.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"{run_dir}: no compressed.safetensors (the search found no feasible strategy, or output.save_weights was false)")
+    model = load_weights(build_model(config.model.name, **config.model.kwargs), weights).eval()
+    modules = dict(model.named_modules())
+    for tensor, dtype in _quant_dtypes(result.get("record", {})).items():
+        module_name, _, tensor_name = tensor.rpartition(".")
+        params.set_quant(modules[module_name], tensor_name, dtype)
+    return model, config, result
+
+
+def export(run_dir: str | Path, *, out: str | None = None, onnx: bool = True, quiet: bool = False,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write a packed checkpoint (model.safetensors + manifest.json + model.onnx) for a run."""
+    from .data.loaders import load_splits
+    from .export import save
+
+    run_dir = Path(run_dir)
+    model, config, result = load_compressed(run_dir)
+    out_dir = Path(out) if out else run_dir.with_name(run_dir.name + "-export")
+    splits = load_splits(config.data)
+    example = splits.val[0][0].unsqueeze(0)
+    manifest = save(model, out_dir, strategy=result.get("strategy"), record=result.get("record"), knobs=result.get("knobs"),
+                    metrics=result.get("test"), model_factory={"name": config.model.name, "kwargs": config.model.kwargs},
+                    example_input=example, onnx=onnx)
+    atomic_write_json(out_dir / "config.json", _resolved(config))
+    if not quiet:
+        total = sum(p.stat().st_size for p in out_dir.iterdir() if p.name == "model.safetensors")
+        log(f"exported {run_dir} -> {out_dir} (model.safetensors {_fmt_bytes(total)}"
+            f"{', model.onnx' if onnx else ''})")
+    return manifest
+
+
+def evaluate_export(export_dir: str | Path, *, split: str = "test", device: str | None = None, out: str | None = None,
+                    quiet: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Load an exported checkpoint (safetensors + JSON only) and measure it like ``compress`` does."""
+    from .export import load
+
+    export_dir = Path(export_dir)
+    config = load_run_config(export_dir)
+    if device:
+        config.device = device
+    model, manifest = load(export_dir)
+    workspace = Workspace.from_config(config, log=log)
+    metrics = workspace.measure(model, split)
+    result = {"command": "eval", "split": split, **result_summary(metrics), "metrics": metrics,
+              "manifest_hash": manifest.get("content_hash") if isinstance(manifest, dict) else None, "versions": versions()}
+    out_path = Path(out) / "eval.json" if out else export_dir / f"eval-{split}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_path, result)
+    if not quiet:
+        log(f"evaluated {export_dir} on the {split} split -> {out_path}")
+        log(summary_table(metrics))
+    return result
+
+
+def report(run_dir: str | Path, *, out: str | None = None, quiet: bool = False, log: Callable[[str], None] = print) -> dict[str, Path]:
+    from .report import write_report
+
+    paths = write_report(run_dir, out)
+    if not quiet:
+        log(f"wrote {paths['markdown']} and {paths['html']} ({len(paths) - 2} plots)")
+    return paths

@@ -279,3 +279,45 @@ def json_dumps(obj: Any) -> str:
 
 
 __all__ = ["Workspace", "Evaluation", "versions", "save_weights", "result_summary", "ModelError"]
+
+
+def workspace(
+    model: str | nn.Module = "digits_cnn",
+    data: str | Any = "digits",
+    *,
+    recovery: dict[str, Any] | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    objective: str | Callable = "footprint",
+    model_kwargs: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    data_options: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> Workspace:
+    """A :class:`Workspace` in one call.
+
+    ``model`` is a spec (``"digits_cnn"``, ``"resnet18"``, ``"pkg.mod:fn"``; trained on ``data``
+    and cached when no weights exist) or your own trained ``nn.Module``; ``data`` is a data-set
+    name (``"digits"``, ``"text"``, ...) or a :class:`condensa.data.Splits`.
+    """
+    from .config import parse_config
+
+    if isinstance(model, nn.Module):
+        splits = data if not isinstance(data, str) else load_splits(parse_config({"strategy": {"ops": []}, "data": {"name": data, **(data_options or {})}}).data)
+        return Workspace(model, splits, recovery=recovery, device=device, seed=seed, objective=objective, log=log)
+    raw: dict[str, Any] = {
+        "model": {"name": model, "kwargs": dict(model_kwargs or {}), **({"train": train} if train else {})},
+        "data": {"name": data, **(data_options or {})} if isinstance(data, str) else {"name": "digits"},
+        "strategy": {"ops": [{"Prune": {}}]},
+        "recovery": dict(recovery or {}),
+        "device": device,
+        "seed": seed,
+        "search": {"objective": objective if isinstance(objective, str) else "footprint"},
+    }
+    created = Workspace.from_config(parse_config(raw), log=log)
+    created.strategy = None
+    if not isinstance(data, str):
+        created.splits = data
+    if callable(objective):
+        created.objective, created._objective_fn = objective, objective
+    return created

@@ -1,0 +1,200 @@
+"""Plots of a finished run (matplotlib, Agg backend: works without a display).
+
+Each function takes the parsed ``result.json`` and writes one PNG, returning its path, or None
+when the run has nothing to show for that plot (e.g. no search trace for ``compress``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+FEASIBLE, INFEASIBLE, ACCENT = "#1b9e77", "#d95f02", "#7570b3"
+
+
+def _evaluations(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in result.get("search", {}).get("evaluations", []) if e.get("status", "ok") == "ok"]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _gp_band(xs: list[float], ys: list[float], log: bool):
+    """Posterior mean and 2-sigma band of a GP fitted to the trace (for the 1-D picture only)."""
+    import torch
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms import Standardize
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    tx = [math.log(x) if log else x for x in xs]
+    lo, hi = min(tx), max(tx)
+    if hi <= lo or len(xs) < 3:
+        return None
+    train_x = torch.tensor([(t - lo) / (hi - lo) for t in tx], dtype=torch.float64).unsqueeze(-1)
+    train_y = torch.tensor(ys, dtype=torch.float64).unsqueeze(-1)
+    model = SingleTaskGP(train_x, train_y, outcome_transform=Standardize(m=1))
+    try:
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+    except Exception:  # noqa: BLE001 - the band is decoration; the points are the data
+        return None
+    grid = torch.linspace(0, 1, 200, dtype=torch.float64).unsqueeze(-1)
+    with torch.no_grad():
+        posterior = model.posterior(grid)
+        mean = posterior.mean.squeeze(-1)
+        std = posterior.variance.clamp_min(0).sqrt().squeeze(-1)
+    grid_x = [lo + g * (hi - lo) for g in grid.squeeze(-1).tolist()]
+    grid_x = [math.exp(g) for g in grid_x] if log else grid_x
+    return grid_x, mean.tolist(), (mean - 2 * std).tolist(), (mean + 2 * std).tolist()
+
+
+def search_trace(result: dict[str, Any], out: Path) -> Path | None:
+    """Left: first knob vs the first constraint metric with the GP band and the bound.
+    Right: objective of each evaluation in order, best feasible so far as a line."""
+    evaluations = _evaluations(result)
+    constraints = result.get("constraints") or []
+    if not evaluations or not constraints:
+        return None
+    knob = next(iter(evaluations[0]["knobs"]))
+    metric, bound = constraints[0]["metric"], float(constraints[0]["upper"])
+    xs = [float(e["knobs"][knob]) for e in evaluations if isinstance(e["knobs"][knob], (int, float))]
+    ys = [float(e["metrics"][metric]) for e in evaluations if isinstance(e["knobs"][knob], (int, float))]
+    feasible = [bool(e.get("feasible")) for e in evaluations]
+    log = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 20
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if xs:
+        band = _gp_band(xs, ys, log)
+        if band is not None:
+            gx, mean, low, high = band
+            left.fill_between(gx, low, high, color=ACCENT, alpha=0.15, label="GP mean ± 2σ")
+            left.plot(gx, mean, color=ACCENT, lw=1.5)
+        left.scatter([x for x, f in zip(xs, feasible) if f], [y for y, f in zip(ys, feasible) if f],
+                     color=FEASIBLE, zorder=3, label="feasible")
+        left.scatter([x for x, f in zip(xs, feasible) if not f], [y for y, f in zip(ys, feasible) if not f],
+                     color=INFEASIBLE, marker="x", zorder=3, label="infeasible")
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            left.annotate(str(evaluations[i]["index"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        left.axhline(bound, color="black", ls="--", lw=1, label=f"bound {metric} ≤ {bound:g}")
+        if log:
+            left.set_xscale("log")
+    left.set_xlabel(knob)
+    left.set_ylabel(metric)
+    left.set_title("Constraint vs knob (numbers = evaluation order)")
+    left.legend(fontsize=8)
+    objective = result.get("objective", {}).get("metric", "objective")
+    values = [float(e["objective"]) for e in evaluations]
+    order = [int(e["index"]) for e in evaluations]
+    right.scatter(order, values, c=[FEASIBLE if f else INFEASIBLE for f in feasible], zorder=3)
+    pick = min if result.get("objective", {}).get("direction", "minimize") == "minimize" else max
+    best, best_line = None, []
+    for value, ok in zip(values, feasible):
+        if ok:
+            best = value if best is None else pick(best, value)
+        best_line.append(float("nan") if best is None else best)
+    right.plot(order, best_line, color="black", lw=1, drawstyle="steps-post", label="best feasible so far")
+    right.set_xlabel("evaluation")
+    right.set_ylabel(objective)
+    right.set_title("Objective per evaluation")
+    right.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def accuracy_vs_ratio(result: dict[str, Any], out: Path) -> Path | None:
+    """Accuracy drop and mismatch rate of every evaluation against its compression ratio."""
+    evaluations = _evaluations(result)
+    points = [(e["metrics"]["compression_ratio"], e["metrics"]["accuracy_drop"], e["metrics"]["mismatch_rate"])
+              for e in evaluations if "compression_ratio" in e["metrics"]]
+    if "test" in result:
+        final = result["test"]
+    else:
+        final = None
+    if not points and final is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if points:
+        ax.scatter([p[0] for p in points], [p[1] for p in points], color=ACCENT, label="accuracy drop (pts, validation)")
+        ax.scatter([p[0] for p in points], [p[2] for p in points], color=INFEASIBLE, marker="s", label="mismatch rate (%, validation)")
+    if final is not None:
+        ax.scatter([final["compression_ratio"]], [final["accuracy_drop"]], color="black", marker="*", s=160,
+                   label="final model: accuracy drop (test)")
+        ax.scatter([final["compression_ratio"]], [final["mismatch_rate"]], color="black", marker="P", s=90,
+                   label="final model: mismatch rate (test)")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("compression ratio (fp32 bytes / compressed bytes, log scale)")
+    ax.set_ylabel("points / percent")
+    ax.set_title("Accuracy and label mismatches vs compression")
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def per_class_mismatches(result: dict[str, Any], out: Path) -> Path | None:
+    """Mismatch rate per true class of the final model on the test split."""
+    rates = (result.get("test") or {}).get("per_class_mismatch_rate")
+    if not rates:
+        return None
+    classes = list(rates)
+    values = [rates[c] for c in classes]
+    mean = sum(values) / len(values)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(classes)), 4))
+    ax.bar(classes, values, color=ACCENT)
+    ax.axhline(mean, color="black", ls="--", lw=1, label=f"mean {mean:.2f}%")
+    ax.set_xlabel("true class")
+    ax.set_ylabel("mismatch rate (%)")
+    ax.set_title(f"Mismatches vs the reference by class (test; bias = worst/mean = {result['test'].get('mismatch_bias', 0):.2f})")
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def layer_densities(result: dict[str, Any], out: Path) -> Path | None:
+    """Density (kept fraction) and value bits of every compressed tensor of the final model."""
+    record = result.get("record")
+    if not record:
+        return None
+    names = list(record)
+    densities = [record[n]["density"] for n in names]
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.32 * len(names) + 1)))
+    bars = ax.barh(names, densities, color=ACCENT)
+    for bar, name in zip(bars, names):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {record[name]['density']:.3f} · {record[name]['bits']} bit",
+                va="center", fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.15)
+    ax.set_xlabel("density (fraction of weights kept)")
+    ax.set_title("Per-layer density of the final model")
+    return _save(fig, out)
+
+
+def memorization_plot(result: dict[str, Any], out: Path) -> Path | None:
+    """Memorization scores of flipped examples vs the rest (when the run measured them)."""
+    memo = result.get("memorization")
+    if not memo or "flipped_scores" not in memo:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    bins = [i / 20 for i in range(-20, 21)]
+    ax.hist(memo["other_scores"], bins=bins, density=True, alpha=0.6, color=ACCENT, label="not flipped")
+    ax.hist(memo["flipped_scores"], bins=bins, density=True, alpha=0.6, color=INFEASIBLE, label="flipped")
+    ax.set_xlabel("memorization score (Feldman-Zhang)")
+    ax.set_ylabel("density")
+    ax.set_title(f"Memorization of flipped vs other training examples (p = {memo.get('p_value', float('nan')):.3g})")
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+PLOTS = [
+    ("search-trace.png", "Search trace", search_trace),
+    ("accuracy-vs-ratio.png", "Accuracy and mismatches vs compression ratio", accuracy_vs_ratio),
+    ("per-class-mismatches.png", "Per-class mismatches", per_class_mismatches),
+    ("layer-density.png", "Per-layer density", layer_densities),
+    ("memorization.png", "Memorization vs flipped examples", memorization_plot),
+]

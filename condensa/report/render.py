@@ -1,0 +1,127 @@
+"""``condensa report RUN_DIR``: report.md and a self-contained report.html with PNG plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..io import atomic_write_text
+from .plots import PLOTS
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    test = result.get("test") or {}
+    rows = []
+    if result.get("command") == "search":
+        rows.append(("evaluations", _fmt(result.get("samples"))))
+        rows.append(("feasible", "yes" if result.get("feasible") else "no"))
+        if result.get("knobs"):
+            rows.append(("chosen knobs", ", ".join(f"{k} = {_fmt(v)}" for k, v in result["knobs"].items())))
+    for key, label in [
+        ("reference_accuracy", "reference accuracy (%)"), ("accuracy", "accuracy (%)"), ("accuracy_drop", "accuracy drop (pts)"),
+        ("perplexity", "perplexity"), ("mismatches", "mismatches"), ("mismatches_ref_correct", "… where the reference was right"),
+        ("mismatch_rate", "mismatch rate (%)"), ("mismatch_bias", "mismatch bias (worst / mean class)"),
+        ("density", "density"), ("footprint_bytes", "footprint (bytes)"), ("reference_bytes", "fp32 reference (bytes)"),
+        ("compression_ratio", "compression ratio"), ("flops_effective", "effective FLOPs"), ("flops_dense", "dense FLOPs"),
+        ("latency_ms", "latency (ms)"),
+    ]:
+        if key in test:
+            rows.append((label, _fmt(test[key])))
+    return rows
+
+
+def _evaluation_rows(result: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    constraints = [c["metric"] for c in result.get("constraints") or []]
+    for e in result.get("search", {}).get("evaluations", []):
+        knobs = ", ".join(f"{k}={_fmt(v)}" for k, v in e.get("knobs", {}).items())
+        metrics = e.get("metrics") or {}
+        rows.append([str(e.get("index")), knobs] + [_fmt(metrics.get(c, "")) for c in constraints]
+                    + [_fmt(e.get("objective", "")), _fmt(metrics.get("compression_ratio", "")),
+                       "yes" if e.get("feasible") else ("failed" if e.get("status") != "ok" else "no")])
+    return rows
+
+
+def _exemplar_rows(result: dict[str, Any]) -> list[list[str]]:
+    return [[str(x["id"]), str(x["label"]), str(x["reference_pred"]), str(x["compressed_pred"]),
+             f"{x['reference_confidence']:.3f}", f"{x['compressed_confidence']:.3f}"]
+            for x in (result.get("test") or {}).get("exemplars", [])[:10]]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.4em 0}.note{color:#555;font-size:.9em}"""
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
+    """Write plots, report.md and report.html for a result folder; returns their paths."""
+    run_dir = Path(run_dir)
+    result_path = run_dir / "result.json"
+    if not result_path.is_file():
+        raise ConfigError(f"{run_dir}: no result.json; expected the output folder of 'condensa search' or 'condensa compress'")
+    try:
+        result = json.loads(result_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{result_path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    out_dir = Path(out) if out else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for filename, title, function in PLOTS:
+        path = function(result, out_dir / filename)
+        if path is not None:
+            plots.append((title, path))
+    strategy = json.dumps(result.get("strategy"), indent=1)
+    title = f"condensa {result.get('command', 'run')} report — {run_dir.name}"
+    summary = _summary_rows(result)
+    evaluations = _evaluation_rows(result)
+    constraints = [c["metric"] for c in result.get("constraints") or []]
+    eval_header = ["#", "knobs"] + constraints + [result.get("objective", {}).get("metric", "objective"), "ratio", "feasible"]
+    exemplars = _exemplar_rows(result)
+    ex_header = ["example id", "true label", "reference", "compressed", "ref. confidence", "comp. confidence"]
+    md = [f"# {title}", "", "Figures on the test split unless marked validation.", "", _md_table(["", "value"], [list(r) for r in summary])]
+    if evaluations:
+        md += ["", "## Search evaluations (validation split)", "", _md_table(eval_header, evaluations)]
+    if exemplars:
+        md += ["", "## Most confident reference answers that changed", "", _md_table(ex_header, exemplars)]
+    for plot_title, path in plots:
+        md += ["", f"## {plot_title}", "", f"![{plot_title}]({path.name})"]
+    md += ["", "## Strategy", "", "```json", strategy, "```", ""]
+    md_path = out_dir / "report.md"
+    atomic_write_text(md_path, "\n".join(md))
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1><p class='note'>Figures on the test split unless marked validation.</p>",
+             _html_table(["", "value"], [list(r) for r in summary])]
+    if evaluations:
+        parts += ["<h2>Search evaluations (validation split)</h2>", _html_table(eval_header, evaluations)]
+    if exemplars:
+        parts += ["<h2>Most confident reference answers that changed</h2>", _html_table(ex_header, exemplars)]
+    for plot_title, path in plots:
+        data = base64.b64encode(path.read_bytes()).decode()
+        parts += [f"<h2>{html.escape(plot_title)}</h2>", f"<img alt='{html.escape(plot_title)}' src='data:image/png;base64,{data}'>"]
+    parts += ["<h2>Strategy</h2>", f"<pre>{html.escape(strategy)}</pre>", "</body></html>"]
+    html_path = out_dir / "report.html"
+    atomic_write_text(html_path, "".join(parts))
+    return {"markdown": md_path, "html": html_path, **{p.stem: p for _, p in plots}}
