@@ -94,9 +94,11 @@ class Workspace:
         seed: int = 0,
         objective: str | Callable = "footprint",
         metrics: MetricsConfig | None = None,
+        batch_size: int = 256,
         log: Callable[[str], None] = print,
     ) -> None:
         self.device = resolve_device(device)
+        self.batch_size = batch_size
         self.reference = reference.to(self.device).eval()
         self.splits = splits
         self.strategy = strategy
@@ -136,7 +138,8 @@ class Workspace:
             )
         strategy = build_strategy(config.strategy.scheme, config.strategy.args, config.strategy.ops)
         return cls(reference, splits, strategy, recovery=config.recovery, device=config.device, seed=config.seed,
-                   objective=config.search.objective, metrics=config.metrics, log=log)
+                   objective=config.search.objective, metrics=config.metrics,
+                   batch_size=config.data.batch_size, log=log)
 
     # -- data ---------------------------------------------------------------------------------
     def split(self, name: str):
@@ -152,7 +155,7 @@ class Workspace:
 
     def reference_predictions(self, split: str) -> Predictions:
         if split not in self._reference_predictions:
-            self._reference_predictions[split] = predict(self.reference, self.split(split), device=self.device)
+            self._reference_predictions[split] = predict(self.reference, self.split(split), device=self.device, batch_size=self.batch_size)
         return self._reference_predictions[split]
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -183,7 +186,7 @@ class Workspace:
         """Accuracy, mismatches, density, footprint, FLOPs (and latency if configured)."""
         model.to(self.device).eval()
         reference = self.reference_predictions(split)
-        compressed = predict(model, self.split(split), device=self.device)
+        compressed = predict(model, self.split(split), device=self.device, batch_size=self.batch_size)
         size = footprint(model, record.bits if record is not None else None)
         metrics: dict[str, Any] = {
             "split": split,
