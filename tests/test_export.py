@@ -265,3 +265,29 @@ def test_bit_packing_and_encodings_roundtrip():
         effective = params.dequantize_int(q, scale)
         encoded = encode_tensor(effective, codes=q, scales=scale, value_dtype=f"qint{bits}")
         assert torch.equal(decode_tensor(encoded.meta, encoded.entries), effective)
+
+
+class OddPool(nn.Module):
+    """Adaptive pooling to a size that does not divide the input: the TorchScript exporter refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(3)
+        self.fc = nn.Linear(4 * 3 * 3, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.conv(x)), 1))
+
+
+def test_onnx_falls_back_to_the_dynamo_exporter(tmp_path, capfd):
+    import onnxruntime as ort
+
+    model, record = Prune(0.5).apply(OddPool().eval())
+    manifest = save(model, tmp_path, record=record, example_input=X[:1])
+    info = manifest["files"]["model.onnx"]
+    assert info["exporter"] == "dynamo" and info["max_abs_diff"] < 1e-5
+    assert "Torch IR graph" not in capfd.readouterr().out  # the failed first attempt stays quiet
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"input": X.numpy()})
+    assert np.allclose(out, model(X).detach().numpy(), atol=1e-5)

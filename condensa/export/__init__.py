@@ -7,10 +7,10 @@
   onnxruntime. Loading never unpickles anything.
 """
 
-from .checkpoint import HOW_TO_CONVERT, export_onnx, load, read_tensors, save, verify, versions
+from .checkpoint import HOW_TO_CONVERT, export_onnx, load, onnx_bytes, read_tensors, save, verify, versions
 from .surgery import ShrinkReport, apply_widths, shrink, shrink_with_report
 
 __all__ = [
-    "save", "load", "verify", "read_tensors", "export_onnx", "versions", "HOW_TO_CONVERT",
+    "save", "load", "verify", "read_tensors", "export_onnx", "onnx_bytes", "versions", "HOW_TO_CONVERT",
     "shrink", "shrink_with_report", "ShrinkReport", "apply_widths",
 ]

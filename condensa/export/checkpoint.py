@@ -16,10 +16,15 @@ pickle or zip magic bytes) is refused with instructions to convert it.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import datetime as _dt
 import hashlib
+import io
 import json
+import os
 import platform
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ModelError
+from ..metrics.footprint import model_tensors
 from ..operators import params
 from ..operators.coupling import infer_example_input, plain_copy
 from . import _atomic
@@ -244,55 +250,80 @@ def _streams(name: str, meta: dict, stored: dict[str, torch.Tensor], used: set[s
 # -- ONNX -------------------------------------------------------------------------------------
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> dict[str, Any]:
-    """Export ``model`` to ONNX (batch dimension dynamic) atomically and check it with onnxruntime.
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence file descriptor 1 (C++ writes included) for the duration of the block."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no real fd 1 (e.g. some notebooks): do nothing
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
-    Tries the TorchScript exporter first (a single self-contained file, fast), then the dynamo
-    exporter. Returns ``{"exporter", "opset", "max_abs_diff", "bytes", "sha256"}``.
+
+def onnx_bytes(model: nn.Module, example_input: torch.Tensor, output_names: list[str] | None = None) -> tuple[bytes, str]:
+    """Serialized ONNX of ``model`` with a dynamic batch dimension: ``(bytes, exporter)``.
+
+    Tries the TorchScript exporter first (fast, self-contained), then the dynamo exporter (which
+    handles e.g. adaptive pooling to a non-divisor size); raises ``ModelError`` if both fail.
     """
-    path = Path(path)
     model = model.eval()
     x = example_input.detach()
-    with torch.no_grad():
-        reference = model(x)
-    outputs = reference if isinstance(reference, (list, tuple)) else (reference,)
-    output_names = [f"output{i}" if len(outputs) > 1 else "output" for i in range(len(outputs))]
-    tmp = _atomic.temp_path(path)
+    output_names = output_names or ["output"]
     errors = []
-    exporter = None
     for kind in ("torchscript", "dynamo"):
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 if kind == "torchscript":
-                    torch.onnx.export(
-                        model, (x,), str(tmp), dynamo=False, input_names=["input"], output_names=output_names,
-                        dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in output_names}}, opset_version=17,
-                    )
-                else:
-                    torch.onnx.export(model, (x,), str(tmp), dynamo=True, input_names=["input"], output_names=output_names,
-                                      external_data=False, verbose=False)
-            exporter = kind
-            break
+                    buffer = io.BytesIO()
+                    with _quiet_stdout():  # on failure the exporter dumps the whole IR graph to fd 1
+                        torch.onnx.export(
+                            model, (x,), buffer, dynamo=False, input_names=["input"], output_names=output_names,
+                            dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in output_names}}, opset_version=17,
+                        )
+                    return buffer.getvalue(), kind
+                program = torch.onnx.export(
+                    model, (x,), dynamo=True, input_names=["input"], output_names=output_names, verbose=False,
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},),
+                )
+                return program.model_proto.SerializeToString(), kind
         except Exception as error:  # noqa: BLE001 - try the other exporter, report both on failure
-            errors.append(f"{kind}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-    if exporter is None:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise ModelError("ONNX export failed: " + "; ".join(errors))
-    data = tmp.read_bytes()
+            message = str(error).strip().splitlines()
+            errors.append(f"{kind}: {type(error).__name__}: {message[0] if message else ''}")
+    raise ModelError("ONNX export failed: " + "; ".join(errors))
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> dict[str, Any]:
+    """Export ``model`` to ONNX (batch dimension dynamic), check it against torch with onnxruntime
+    on ``example_input``, and write it atomically.
+
+    Returns ``{"exporter", "opset", "max_abs_diff", "bytes", "sha256", ...}``.
+    """
     import onnx
     import onnxruntime as ort
 
+    model = model.eval()
+    x = example_input.detach()
+    with torch.no_grad():
+        reference = model(x)
+    outputs = reference if isinstance(reference, (list, tuple)) else (reference,)
+    names = [f"output{i}" for i in range(len(outputs))] if len(outputs) > 1 else ["output"]
+    data, exporter = onnx_bytes(model, x, names)
     opset = next((o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx")), None)
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})
-    diff = max(float((torch.from_numpy(g) - o.detach().cpu()).abs().max()) for g, o in zip(got, outputs, strict=False))
-    _atomic.replace_fsynced(tmp, path)
+    diff = max(float((torch.from_numpy(g) - o.detach().cpu()).abs().max()) for g, o in zip(got, outputs, strict=True))
+    _atomic.atomic_write_bytes(path, data)
     return {"exporter": exporter, "opset": opset, "max_abs_diff": diff, "bytes": len(data), "sha256": _sha256(data),
             "input_shape": list(x.shape), "checked_with": f"onnxruntime {ort.__version__}"}
 
@@ -329,7 +360,8 @@ def save(
     path_dir = Path(path_dir)
     path_dir.mkdir(parents=True, exist_ok=True)
     spec, kwargs = _factory_spec(model_factory, model_kwargs)
-    model = model.cpu()
+    if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
+        model = copy.deepcopy(model).cpu()  # never move the caller's model
     was_training = model.training
     model.eval()
     try:
@@ -424,12 +456,12 @@ def save(
                     files[ONNX] = {"error": f"{type(error).__name__}: {error}"}
             else:
                 files[ONNX] = {"error": "no tensor example_input to export with"}
-        elif (path_dir / ONNX).exists():
-            (path_dir / ONNX).unlink()  # never leave a stale ONNX file next to a new checkpoint
+        if ONNX not in files or "error" in files[ONNX]:
+            (path_dir / ONNX).unlink(missing_ok=True)  # never leave a stale ONNX file next to a new checkpoint
 
         # 4. manifest (last: its presence marks a complete checkpoint)
         reference_bytes = sum(t.numel() * (4 if t.is_floating_point() else t.element_size())
-                              for n, t in plain_copy(model).state_dict().items())
+                              for t in model_tensors(model).values())
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -626,4 +658,4 @@ def verify(path_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-__all__ = ["save", "load", "verify", "read_tensors", "export_onnx", "versions", "HOW_TO_CONVERT"]
+__all__ = ["save", "load", "verify", "read_tensors", "export_onnx", "onnx_bytes", "versions", "HOW_TO_CONVERT"]

@@ -23,10 +23,26 @@ groups so that every channel it prunes is removable; masks from other sources (p
 ``FilterPrune(coupled=False)``, unstructured pruning that happened to empty a row) are removed
 exactly where that is safe and left in place otherwise.
 
-Groups that Torch-Pruning cannot map exactly (a channel shuffle or other channel-mixing reshape,
-grouped-but-not-depthwise convs, layer types without an exact removal rule) are left at full
-width; their pruned channels stay zero and are listed in :attr:`ShrinkReport.skipped` (or raise
-with ``strict=True``).
+Grouped convs (``1 < groups < channels``, e.g. RegNet) lose the same positions in every group,
+so ``groups`` is preserved. Groups that cannot be mapped exactly (a channel shuffle or other
+channel-mixing reshape, layer types without an exact removal rule such as LayerNorm/GroupNorm)
+are left at full width; their pruned channels stay zero and are listed in
+:attr:`ShrinkReport.skipped` (or raise with ``strict=True``, naming the layers).
+
+Coverage (``FilterPrune(0.5, exclude=())``, random weights; ``benchmarks/speedup.py``):
+
+==================== ======= =========================================================
+digits_cnn           full    conv-BN-pool, flatten -> linear
+resnet18, resnet50   full    residual additions across blocks
+mobilenet_v2         full    depthwise convs, inverted residuals
+mobilenet_v3_small   full    squeeze-excitation (hardsigmoid x features)
+vgg11_bn             full    flatten -> linear (25088 inputs)
+densenet121          full    concatenations
+efficientnet_b0      full    squeeze-excitation, SiLU
+regnet_y_400mf       full    grouped convs, squeeze-excitation
+shufflenet_v2_x1_0   partial the 6 groups whose channels cross ``channel_shuffle`` stay full
+                             width; branch-internal channels are removed
+==================== ======= =========================================================
 """
 
 from __future__ import annotations
