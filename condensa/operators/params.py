@@ -184,12 +184,26 @@ def compressed_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     return found
 
 
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a private copy of its generated class.
+
+    ``copy.deepcopy`` shares the generated ``Parametrized<Class>`` between original and copy, and
+    ``remove_parametrizations`` deletes the property from that class, which would break the other
+    model. With a private class, finalizing one of them leaves the other intact.
+    """
+    cls = type(module)
+    namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, namespace)
+
+
 def finalize(model: nn.Module) -> nn.Module:
     """Bake masks and quantization into plain tensors (in place) and return the model.
 
     Afterwards the model is an ordinary module with the same class and state-dict keys as the
     original; pruned entries are exact zeros and quantized weights hold their dequantized values.
     """
+    for module in {id(m): m for _, m, _ in compressed_tensors(model)}.values():
+        _own_class(module)
     for _, module, tensor_name in compressed_tensors(model):
         parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
         _refresh_rnn(module)
@@ -198,6 +212,8 @@ def finalize(model: nn.Module) -> nn.Module:
 
 def strip(model: nn.Module) -> nn.Module:
     """Remove condensa's parametrizations, keeping the stored (masked, unquantized) values."""
+    for module in {id(m): m for _, m, _ in compressed_tensors(model)}.values():
+        _own_class(module)
     for _, module, tensor_name in compressed_tensors(model):
         parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
         _refresh_rnn(module)
