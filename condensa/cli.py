@@ -7,7 +7,6 @@ Exit codes: 0 success; 2 bad input (a one-line message naming the field, no trac
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import textwrap
 from typing import Sequence
@@ -117,7 +116,12 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    import warnings
+
+    # Library deprecation chatter (torch.jit, onnx) is noise for CLI users; errors still surface.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     try:
         return run(args)
     except CondensaError as error:
