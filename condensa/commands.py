@@ -252,6 +252,9 @@ def _quant_dtypes(record: dict[str, Any]) -> dict[str, str]:
 
     dtypes = {}
     for name, entry in (record or {}).items():
+        if entry.get("dtype"):
+            dtypes[name] = entry["dtype"]
+            continue
         for op in entry.get("ops", []):
             if is_quant_dtype(op):
                 dtypes[name] = op
@@ -311,6 +314,13 @@ def evaluate_export(export_dir: str | Path, *, split: str = "test", device: str 
     if device:
         config.device = device
     model, manifest = load(export_dir)
+    from .operators import params
+
+    modules = dict(model.named_modules())
+    for tensor, dtype in _quant_dtypes(manifest.get("record") or {}).items():
+        module_name, _, tensor_name = tensor.rpartition(".")
+        if module_name in modules and hasattr(modules[module_name], tensor_name):
+            params.set_quant(modules[module_name], tensor_name, dtype)  # idempotent on stored codes
     workspace = Workspace.from_config(config, log=log)
     metrics = workspace.measure(model, split)
     result = {"command": "eval", "split": split, **result_summary(metrics), "metrics": metrics,

@@ -29,6 +29,7 @@ class LayerRecord:
     density: float
     bits: int
     ops: list[str] = field(default_factory=list)
+    dtype: str | None = None  # quantization dtype name (int8, fp16, ...) or None
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            name: {"shape": list(r.shape), "density": r.density, "bits": r.bits, "ops": r.ops}
+            name: {"shape": list(r.shape), "density": r.density, "bits": r.bits, "dtype": r.dtype, "ops": r.ops}
             for name, r in self.layers.items()
         }
 
@@ -86,7 +87,8 @@ def measure_record(model: nn.Module, touched: Mapping[str, list[str]] | None = N
         density = float(mask.float().mean()) if mask is not None else float((tensor != 0).float().mean())
         quant = params.get_quant(module, tensor_name)
         bits = quant.bits if quant is not None else torch.finfo(tensor.dtype).bits
-        record.layers[key] = LayerRecord(key, tuple(tensor.shape), density, bits, list((touched or {}).get(key, [])))
+        record.layers[key] = LayerRecord(key, tuple(tensor.shape), density, bits, list((touched or {}).get(key, [])),
+                                         quant.dtype if quant is not None else None)
     return record
 
 
