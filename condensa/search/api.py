@@ -128,6 +128,7 @@ def search(
     if method == "bisection" and space.dim != 1:
         raise SearchError(f"bisection searches exactly one knob; this strategy has {space.dim}: {space.names}")
     constraints = list(constraints)
+    requested_n_init = n_init
     n_init = default_n_init(space.dim, budget) if n_init is None else max(1, min(n_init, budget))
 
     cheap_cache: dict[tuple, float] = {}
@@ -144,7 +145,7 @@ def search(
     if store is not None:
         space_desc = space.describe()
         settings = {"objective": objective.describe(), "constraints": [c.describe() for c in constraints],
-                    "method": method, "seed": seed, "n_init": n_init}
+                    "method": method, "seed": seed, "n_init": requested_n_init}
         rows = store.start({**(fingerprint or {}), "search": settings}, space_desc)
         evaluations = [Evaluation(**row) for row in rows][:budget]
 
