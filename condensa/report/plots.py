@@ -85,11 +85,20 @@ def search_trace(result: dict[str, Any], out: Path) -> Path | None:
         for i, (x, y) in enumerate(zip(xs, ys)):
             left.annotate(str(evaluations[i]["index"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         left.axhline(bound, color="black", ls="--", lw=1, label=f"bound {metric} ≤ {bound:g}")
+        # Zoom on the boundary: far-off points (e.g. a collapsed model) would flatten the picture.
+        top = max(4 * bound, 3.0) if bound > 0 else max(ys) + 1
+        in_view = [y for y in ys if y <= top]
+        bottom = min(in_view + [0.0]) - 0.1 * top
+        left.set_ylim(bottom, top)
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            if y > top:
+                left.annotate(f"↑ {y:.3g}", (x, top), textcoords="offset points", xytext=(0, -12), ha="center",
+                              fontsize=7, color=INFEASIBLE)
         if log:
             left.set_xscale("log")
     left.set_xlabel(knob)
     left.set_ylabel(metric)
-    left.set_title("Constraint vs knob (numbers = evaluation order)")
+    left.set_title("Constraint vs knob (numbers = evaluation order; ↑ = off scale)")
     left.legend(fontsize=8)
     objective = result.get("objective", {}).get("metric", "objective")
     values = [float(e["objective"]) for e in evaluations]
@@ -102,7 +111,9 @@ def search_trace(result: dict[str, Any], out: Path) -> Path | None:
             best = value if best is None else pick(best, value)
         best_line.append(float("nan") if best is None else best)
     right.plot(order, best_line, color="black", lw=1, drawstyle="steps-post", label="best feasible so far")
-    right.set_xlabel("evaluation")
+    if values and min(values) > 0 and max(values) / min(values) > 5:
+        right.set_yscale("log")
+    right.set_xlabel("evaluation (green = feasible, orange = infeasible)")
     right.set_ylabel(objective)
     right.set_title("Objective per evaluation")
     right.legend(fontsize=8)
@@ -130,11 +141,15 @@ def accuracy_vs_ratio(result: dict[str, Any], out: Path) -> Path | None:
         ax.scatter([final["compression_ratio"]], [final["mismatch_rate"]], color="black", marker="P", s=90,
                    label="final model: mismatch rate (test)")
     ax.axhline(0, color="grey", lw=0.8)
+    values = [v for p in points for v in p[1:]]
+    if values and max(values) > 10:
+        ax.set_yscale("symlog", linthresh=2.0)  # linear near the bound, compressed far above it
+        ax.set_ylim(min(values + [0.0]) - 0.3, max(values) * 2)
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio (fp32 bytes / compressed bytes, log scale)")
-    ax.set_ylabel("points / percent")
+    ax.set_ylabel("points / percent (symmetric log above 2)" if values and max(values) > 10 else "points / percent")
     ax.set_title("Accuracy and label mismatches vs compression")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     return _save(fig, out)
 
 
