@@ -6,10 +6,18 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
 from .config import RecoveryConfig
 from .finetune import TrainConfig, ce_loss, train
+from .losses import DistillLoss
+
+
+def make_loss(config: RecoveryConfig) -> Callable:
+    if config.loss == "distill":
+        return DistillLoss(config.temperature, config.weights, config.softadapt_window, config.softadapt_beta, config.margin)
+    return ce_loss
 
 
 def recover(
@@ -23,13 +31,37 @@ def recover(
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """Recover the accuracy of a compressed (parametrized) ``model``; returns it, still parametrized,
-    so masks keep pruned weights at zero and quantizers keep the stored grid."""
+    """Recover the accuracy of a compressed (parametrized) ``model``.
+
+    ``method``: ``none`` returns it untouched, ``finetune`` trains it with its masks and quantizers
+    in place, ``lc`` runs learning-compression from the reference weights and re-applies
+    ``strategy``. ``loss: distill`` uses ``teacher`` (the reference). Under ``torchrun`` (or with
+    ``distributed: true``) training uses DDP with each rank on its shard of every batch. The
+    returned model is still parametrized, so it is exactly compressed.
+    """
     device = torch.device(device)
-    if config.method == "none" or config.epochs == 0:
+    if config.method == "none" or (config.method == "finetune" and config.epochs == 0):
         return model.to(device).eval()
-    train(model, data, config.train_config(), device=device, loss_fn=ce_loss, teacher=None, seed=seed, progress=progress)
+    loss_fn = make_loss(config)
+    teacher_for_loss = teacher if config.loss == "distill" else None
+    loader, wrap = None, None
+    if distributed.init_from_env(device) or config.distributed:
+        world = distributed.world_size()
+        sampler = distributed.sampler(data, shuffle=config.shuffle, seed=seed)
+        loader = DataLoader(data, batch_size=max(1, config.batch_size // world), sampler=sampler)
+        wrap = lambda m: distributed.wrap(m.to(device), device)  # noqa: E731
+    elif not config.shuffle:
+        loader = DataLoader(data, batch_size=config.batch_size, shuffle=False)
+    if config.method == "lc":
+        from .lc import lc_recover
+
+        if teacher is None:
+            raise ValueError("recovery.method=lc starts from the reference model; pass it as teacher")
+        return lc_recover(model, teacher, data, config, strategy=strategy, device=device, loss_fn=loss_fn, seed=seed,
+                          progress=progress, loader=loader, wrap=wrap)
+    train(model, data, config.train_config(), device=device, loss_fn=loss_fn, teacher=teacher_for_loss, seed=seed,
+          progress=progress, loader=loader, wrap=wrap)
     return model
 
 
-__all__ = ["RecoveryConfig", "TrainConfig", "recover", "train"]
+__all__ = ["RecoveryConfig", "TrainConfig", "DistillLoss", "recover", "train", "make_loss", "distributed"]

@@ -36,13 +36,15 @@ class RecoveryConfig:
     temperature: float = 4.0
     weights: Any = "auto"
     softadapt_window: int = 10
-    softadapt_beta: float = 0.1
-    mu_init: float = 1e-3
-    mu_multiplier: float = 1.5
+    softadapt_beta: float = 5.0
+    margin: float = 1.0
+    shuffle: bool = True
+    mu_init: float = 1e-2
+    mu_multiplier: float = 2.0
     mu_cap: float = 1e4
     lc_steps: int = 10
     mb_iterations_first_l: int = 60
-    mb_iterations_per_l: int = 20
+    mb_iterations_per_l: int = 15
     distributed: bool = False
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 

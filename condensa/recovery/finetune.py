@@ -85,6 +85,7 @@ def train(
     progress: Callable[[int, float], None] | None = None,
     step_hook: Callable[[nn.Module], torch.Tensor | None] | None = None,
     loader: DataLoader | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place with a cosine schedule; returns it in eval mode.
 
@@ -97,10 +98,12 @@ def train(
     if teacher is not None:
         teacher.to(device).eval()
     loader = loader or make_loader(data, config.batch_size, shuffle=True, seed=seed)
+    trainable = wrap(model) if wrap is not None else model
     total_steps = max(1, config.epochs * len(loader))
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     optimizer = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" and device.type == "cuda" else None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
     step = 0
     for epoch in range(config.epochs):
@@ -112,7 +115,7 @@ def train(
                 break
             inputs, labels = inputs.to(device), labels.to(device)
             with autocast(device, config.amp):
-                logits = model(inputs)
+                logits = trainable(inputs)
                 teacher_logits = None
                 if teacher is not None:
                     with torch.no_grad():
@@ -125,8 +128,13 @@ def train(
             if not torch.isfinite(loss):
                 raise RecoveryError(f"recovery diverged: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower recovery.lr")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:  # fp16 on CUDA needs loss scaling; bf16 does not
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             scheduler.step()
             running += float(loss.detach()) * len(labels)
             count += len(labels)

@@ -1,0 +1,141 @@
+"""Learning-compression (L-C) recovery, as in Condensa (NVlabs/condensa ``opt/lc``; Carreira-
+Perpiñán & Idelbayev, "Learning-compression algorithms for neural net pruning", CVPR 2018).
+
+Instead of compressing once and fine-tuning, L-C keeps dense weights ``w`` and alternates:
+
+* **L step**: a few minibatch iterations on ``task_loss(w) + mu/2 * ||w - theta - lambda/mu||^2``
+  over the compressed tensors: the weights learn the task while being pulled toward a
+  compressible point;
+* **C step**: ``theta = Compress(w - lambda/mu)`` by re-applying the strategy's operators (any
+  operator, including Compose(Prune, Quantize)), then the multiplier update
+  ``lambda <- lambda - mu * (w - theta)``;
+
+with ``mu`` growing geometrically from ``mu_init`` by ``mu_multiplier`` up to ``mu_cap``. The
+result is the last C step: exactly compressed (masks and quantizers attached as usual).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..errors import RecoveryError
+from ..operators import params
+from .finetune import autocast, make_loader, make_optimizer
+
+
+def _compress(strategy, dense: nn.Module, shift: dict[str, torch.Tensor]) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Apply ``strategy`` to ``dense - shift``; return the compressed model and its tensor values."""
+    shifted = copy.deepcopy(dense)
+    with torch.no_grad():
+        for name, delta in shift.items():
+            shifted.get_parameter(name).sub_(delta)
+    compressed, _ = strategy.apply(shifted, inplace=True)
+    values = {}
+    for module_name, module, tensor_name in params.compressed_tensors(compressed):
+        key = f"{module_name}.{tensor_name}" if module_name else tensor_name
+        values[key] = getattr(module, tensor_name).detach().clone()
+    return compressed, values
+
+
+def lc_recover(
+    model: nn.Module,
+    teacher: nn.Module,
+    data,
+    config,
+    *,
+    strategy,
+    device: torch.device,
+    loss_fn: Callable,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+    loader: DataLoader | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> nn.Module:
+    """Run L-C from the reference weights; returns the strategy-applied model (parametrized).
+
+    ``model`` (the once-compressed model) is only used for its architecture; L-C starts from the
+    dense reference weights, as the algorithm prescribes.
+    """
+    if strategy is None:
+        raise RecoveryError("recovery.method=lc needs the strategy to re-apply in its C steps")
+    torch.manual_seed(seed)
+    dense = copy.deepcopy(teacher).to(device).train()
+    params.strip(dense)
+    teacher = teacher.to(device).eval()
+    _, theta = _compress(strategy, dense, {})
+    names = list(theta)
+    multipliers = {n: torch.zeros_like(theta[n]) for n in names}
+    mu = config.mu_init
+    trainable = wrap(dense) if wrap is not None else dense
+    optimizer = make_optimizer(trainable, config.train_config())
+    loader = loader or make_loader(data, config.batch_size, shuffle=True, seed=seed)
+    batches = itertools.cycle(loader) if not hasattr(loader.sampler, "set_epoch") else _epochs(loader)
+    for step in range(config.lc_steps):
+        iterations = config.mb_iterations_first_l if step == 0 else config.mb_iterations_per_l
+        running = 0.0
+        for _ in range(iterations):
+            inputs, labels = next(batches)
+            inputs, labels = inputs.to(device), labels.to(device)
+            with autocast(device, config.amp):
+                logits = trainable(inputs)
+                with torch.no_grad():
+                    teacher_logits = teacher(inputs)
+                loss = loss_fn(logits.float(), labels, teacher_logits.float())
+            penalty = sum(
+                (dense.get_parameter(n) - theta[n] - multipliers[n] / mu).pow(2).sum() for n in names
+            )
+            total = loss + 0.5 * mu * penalty
+            if not torch.isfinite(total):
+                raise RecoveryError(f"L-C diverged: loss is {total.item()} at L step {step + 1}; lower recovery.lr or mu_init")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            running += float(loss.detach())
+        with torch.no_grad():
+            _, theta = _compress(strategy, dense, {n: multipliers[n] / mu for n in names})
+            for n in names:
+                multipliers[n] -= mu * (dense.get_parameter(n).detach() - theta[n])
+        mu = min(mu * config.mu_multiplier, config.mu_cap)
+        if progress is not None:
+            progress(step + 1, running / max(1, iterations))
+    final, _ = _compress(strategy, dense, {n: multipliers[n] / mu for n in names})
+    recalibrate_batchnorm(final, loader, device)
+    return final.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device, batches: int = 50) -> None:
+    """Re-estimate BatchNorm running statistics for the compressed weights.
+
+    The statistics were accumulated with the dense L-step weights; the C step changes the
+    activations, so they are recomputed (cumulative average over up to ``batches`` batches).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for i, (inputs, _) in enumerate(loader):
+        if i >= batches:
+            break
+        model(inputs.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+def _epochs(loader: DataLoader):
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
