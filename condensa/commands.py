@@ -92,6 +92,7 @@ def compress(config: Config, *, out: str | None = None, config_path: str | None 
         evaluation = workspace.evaluate(strategy, split="test", progress=update)
     validation = workspace.measure(evaluation.model, "val", evaluation.record)
     test = evaluation.metrics
+    memorization = memorization_report(workspace, config, evaluation.model, log) if config.metrics.memorization else None
     result = {
         "command": "compress",
         **result_summary(test),
@@ -104,11 +105,37 @@ def compress(config: Config, *, out: str | None = None, config_path: str | None 
         "seconds": time.perf_counter() - start,
         "versions": versions(),
     }
+    if memorization is not None:
+        result["memorization"] = memorization
     _write_outputs(out_dir, config, result, evaluation.model)
     if not quiet:
         log(f"compressed {config.model.name} with {type(strategy).__name__} -> {out_dir}")
         log(summary_table(test))
     return result
+
+
+def memorization_report(workspace: Workspace, config: Config, model, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Feldman-Zhang memorization on the training split vs the examples ``model`` flips there."""
+    from .data.loaders import data_key
+    from .metrics import mismatches, predict
+    from .metrics.memorization import memorization_scores, memorization_vs_flips
+    from .recovery.finetune import TrainConfig
+
+    train_cfg = config.model.train
+    log(f"memorization: training {config.metrics.memorization_models} models on 70% subsets (cached afterwards)")
+    scores = memorization_scores(
+        config.model.name, config.model.kwargs, workspace.splits.train,
+        TrainConfig(epochs=config.metrics.memorization_epochs, lr=train_cfg.lr, optimizer=train_cfg.optimizer,
+                    weight_decay=train_cfg.weight_decay, batch_size=train_cfg.batch_size),
+        models=config.metrics.memorization_models, seed=config.seed, data_key=data_key(config.data), device=workspace.device,
+    )
+    flips = mismatches(workspace.reference_predictions("train"), predict(model, workspace.splits.train, device=workspace.device),
+                       workspace.splits.num_classes)
+    relation = memorization_vs_flips(scores, flips["flipped_ids"])
+    relation["models"] = config.metrics.memorization_models
+    relation["train_mismatches"] = flips["mismatches"]
+    log(relation["summary"])
+    return relation
 
 
 def _write_outputs(out_dir: Path, config: Config, result: dict[str, Any], model) -> None:
@@ -210,6 +237,8 @@ def run_search(config: Config, *, out: str | None = None, config_path: str | Non
             "validation_search": result.best_metrics,
             "record": final.record.to_dict(),
         })
+        if config.metrics.memorization:
+            summary["memorization"] = memorization_report(workspace, config, final.model, log)
     else:
         summary["strategy"] = strategy.to_dict()
     summary["seconds"] = time.perf_counter() - start

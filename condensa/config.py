@@ -87,6 +87,8 @@ class MetricsConfig:
     latency_batch_size: int = 1
     latency_repeats: int = 20
     memorization: bool = False
+    memorization_models: int = 48
+    memorization_epochs: int = 15
 
 
 @dataclass
