@@ -1,0 +1,149 @@
+"""Recovery: loss terms by hand, SoftAdapt, L-C exactness, AMP, NaN handling, config errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from condensa import Compose, NMPrune, Prune, Quantize
+from condensa.errors import ConfigError, RecoveryError
+from condensa.metrics import predict
+from condensa.operators import params
+from condensa.recovery import RecoveryConfig, recover
+from condensa.recovery.finetune import TrainConfig
+from condensa.recovery.losses import DistillLoss, SoftAdapt, flip_term, kl_term, loss_terms
+
+LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.5, 0.2]])
+TEACHER = torch.tensor([[1.0, 2.0, 0.0], [0.0, 3.0, 1.0]])
+LABELS = torch.tensor([0, 1])
+
+
+def test_kl_term_matches_hand_computation():
+    t = 2.0
+    p = torch.softmax(TEACHER / t, dim=1)
+    q = torch.softmax(LOGITS / t, dim=1)
+    by_hand = (p * (p.log() - q.log())).sum(dim=1).mean() * t * t
+    assert torch.allclose(kl_term(LOGITS, TEACHER, t), by_hand, atol=1e-6)
+
+
+def test_flip_term_is_a_hinge_on_the_teacher_label():
+    # Row 0: teacher says 1; student margin s1 - max(s0, s2) = 1 - 2 = -1 -> hinge 1 - (-1) = 2.
+    # Row 1: teacher says 1; margin 0.5 - 0.2 = 0.3 -> hinge 0.7.
+    assert flip_term(LOGITS, TEACHER, margin=1.0).item() == pytest.approx((2.0 + 0.7) / 2)
+    agreeing = torch.tensor([[0.0, 5.0, 0.0]])
+    assert flip_term(agreeing, torch.tensor([[0.0, 1.0, 0.0]])).item() == 0.0
+
+
+def test_all_terms_by_hand():
+    terms = loss_terms(LOGITS, LABELS, TEACHER, temperature=1.0)
+    ce = -(torch.log_softmax(LOGITS, 1)[0, 0] + torch.log_softmax(LOGITS, 1)[1, 1]) / 2
+    assert terms["ce"].item() == pytest.approx(ce.item(), abs=1e-6)
+    assert terms["logit"].item() == pytest.approx(((LOGITS - TEACHER) ** 2).mean().item(), abs=1e-6)
+
+
+def test_fixed_weights_are_normalized():
+    loss = DistillLoss(temperature=1.0, weights={"ce": 1.0, "kl": 1.0})
+    value = loss(LOGITS, LABELS, TEACHER)
+    terms = loss_terms(LOGITS, LABELS, TEACHER, 1.0)
+    assert value.item() == pytest.approx(0.5 * terms["ce"].item() + 0.5 * terms["kl"].item(), abs=1e-6)
+    assert sum(loss.weights.values()) == pytest.approx(1.0)
+
+
+def test_softadapt_shifts_weight_to_a_term_that_stops_improving():
+    adapt = SoftAdapt(("a", "b"), window=10, beta=5.0)
+    for step in range(10):
+        adapt.update({"a": 1.0, "b": 1.0 - 0.05 * step})  # a is flat, b still falls
+    assert sum(adapt.weights.values()) == pytest.approx(1.0)
+    assert adapt.weights["a"] > 0.9 > adapt.weights["b"]
+
+
+def test_softadapt_starts_uniform():
+    adapt = SoftAdapt(("a", "b", "c", "d"), window=10)
+    assert adapt.weights == {n: 0.25 for n in "abcd"}
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"methd": "lc"}, "recovery.methd: unknown key"),
+        ({"method": "sgd"}, "recovery.method: must be one of ['none', 'finetune', 'lc']"),
+        ({"loss": "mse"}, "recovery.loss: must be one of ['ce', 'distill']"),
+        ({"epochs": "ten"}, "recovery.epochs: expected an integer"),
+        ({"weights": {"ce": 1, "foo": 2}}, "recovery.weights: must be 'auto' or a mapping"),
+        ({"amp": "fp8"}, "recovery.amp: must be one of"),
+    ],
+)
+def test_recovery_config_rejects_bad_values(data, fragment):
+    with pytest.raises(ConfigError) as info:
+        RecoveryConfig.from_dict(data)
+    assert fragment in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from condensa.data import digits_splits
+
+    return digits_splits()
+
+
+@pytest.fixture(scope="module")
+def digits_reference(digits):
+    from condensa.models.reference import train_reference
+
+    return train_reference("digits_cnn", {}, digits, TrainConfig(epochs=30, lr=3e-3), data_key={"name": "digits"}, log=lambda *_: None)
+
+
+LC = {"method": "lc", "lr": 3e-3, "lc_steps": 9, "mb_iterations_first_l": 50, "mb_iterations_per_l": 15}
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [Prune(density=0.05), Compose([Prune(density=0.1), Quantize("int8")]), NMPrune(exclude=["@first"])],
+    ids=["prune", "prune+int8", "2:4"],
+)
+def test_lc_ends_exactly_compressed_and_keeps_accuracy(digits, digits_reference, strategy):
+    model, _ = strategy.apply(digits_reference)
+    model = recover(model, digits_reference, digits.train, RecoveryConfig.from_dict(LC), strategy=strategy)
+    reference_accuracy = predict(digits_reference, digits.test).accuracy
+    assert predict(model, digits.test).accuracy >= reference_accuracy - 4.0
+    tensors = params.compressed_tensors(model)
+    assert tensors
+    for module_name, module, name in tensors:
+        value = getattr(module, name).detach()
+        mask = params.get_mask(module, name)
+        if mask is not None:
+            assert torch.all(value[~mask] == 0)
+        quant = params.get_quant(module, name)
+        if quant is not None:  # values sit exactly on the int8 grid
+            q, scale = params.quantize_int(value, 8)
+            assert torch.allclose(params.dequantize_int(q, scale), value, atol=1e-7)
+    if isinstance(strategy, Prune):
+        kept = sum(int((getattr(m, n) != 0).sum()) for _, m, n in tensors)
+        total = sum(getattr(m, n).numel() for _, m, n in tensors)
+        assert kept == round(0.05 * total)
+
+
+def test_distill_finetune_keeps_zeros_and_runs_bf16_autocast_on_cpu(digits, digits_reference):
+    strategy = Prune(density=0.1)
+    model, _ = strategy.apply(digits_reference)
+    config = RecoveryConfig.from_dict({"loss": "distill", "epochs": 2, "lr": 3e-3, "amp": "bf16"})
+    model = recover(model, digits_reference, digits.train, config, strategy=strategy)
+    assert predict(model, digits.test).accuracy > 90
+    for _, module, name in params.compressed_tensors(model):
+        assert torch.all(getattr(module, name)[~params.get_mask(module, name)] == 0)
+
+
+def test_nan_loss_raises_recovery_error(digits, digits_reference):
+    model, _ = Prune(density=0.1).apply(digits_reference)
+    with pytest.raises(RecoveryError, match="diverged"):
+        recover(model, digits_reference, digits.train, RecoveryConfig.from_dict({"epochs": 1, "lr": 1e12, "optimizer": "sgd"}))
+
+
+def test_method_none_leaves_the_model_alone(digits, digits_reference):
+    model, _ = Prune(density=0.1).apply(digits_reference)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recover(model, digits_reference, digits.train, RecoveryConfig.from_dict({"method": "none"}))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not math.isnan(predict(model, digits.test).accuracy)
