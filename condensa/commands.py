@@ -139,6 +139,10 @@ def memorization_report(workspace: Workspace, config: Config, model, log: Callab
 
 
 def _write_outputs(out_dir: Path, config: Config, result: dict[str, Any], model) -> None:
+    from .recovery.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun every rank computes the same result; rank 0 writes
+        return
     atomic_write_json(out_dir / "config.json", _resolved(config))
     if config.output.save_weights and model is not None:
         save_weights(model, out_dir / "compressed.safetensors")

@@ -89,7 +89,10 @@ class Journal:
             if rows:
                 raise SearchError(f"{self.path}: evaluations without a header; the journal is corrupt")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+            from ..recovery.distributed import is_main_process
+
+            if is_main_process():
+                self.path.write_text("")
             self._good_bytes = 0
             self._append({"type": "header", "version": 1, **wanted})
             return []
@@ -105,6 +108,10 @@ class Journal:
         self._append({"type": "evaluation", "evaluation": evaluation})
 
     def _append(self, record: dict[str, Any]) -> None:
+        from ..recovery.distributed import is_main_process
+
+        if not is_main_process():  # under torchrun only rank 0 writes; all ranks run the same search
+            return
         line = json.dumps(record, default=json_default, allow_nan=True) + "\n"
         good = getattr(self, "_good_bytes", None)
         if good is not None and self.path.is_file() and self.path.stat().st_size != good:
