@@ -124,7 +124,13 @@ def select_layers(
                         selected[child_name] = child
     ordered = [name for name in candidates if name in selected]
     for pattern in exclude:
-        hits = [name for name in ordered if _matches(name, selected[name], pattern, all_type_names, ordered)]
+        # ``ordered`` is the selection before any exclusion, so '@first'/'@last' keep their meaning
+        # whatever other exclude patterns removed; names removed earlier are skipped.
+        hits = [
+            name
+            for name in ordered
+            if name in selected and _matches(name, selected[name], pattern, all_type_names, ordered)
+        ]
         hits += [
             child
             for name, module in modules.items()
