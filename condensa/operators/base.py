@@ -209,6 +209,9 @@ class Compose(Strategy):
         unknown = set(values) - set(self.knobs())
         if unknown:
             raise KnobError(f"unknown knob(s) {sorted(unknown)}; open knobs: {sorted(self.knobs())}")
+        for key, spec in self.knobs().items():  # errors name the knob as the user wrote it (prune1.density)
+            if key in values:
+                check_value(key, spec, values[key])
         bound = []
         for prefix, op in self._children():
             mine = {k[len(prefix) + 1 :]: v for k, v in values.items() if k.startswith(prefix + ".")}
