@@ -60,16 +60,24 @@ def relative_cost(flat_nonzero: torch.Tensor, numel: int, value_bits: int) -> tu
     return best
 
 
-def _nm_pattern(tensor: torch.Tensor, nonzero: torch.Tensor) -> tuple[int, int] | None:
-    """The tightest (n, m) of the common N:M patterns the tensor satisfies, or None."""
+def _nm_pattern(tensor: torch.Tensor, nonzero: torch.Tensor, value_bits: int = 32) -> tuple[int, int] | None:
+    """The cheapest (n, m) of the common N:M patterns the tensor satisfies, or None.
+
+    A tensor that satisfies 1:8 also satisfies 1:4 (and 2:8 implies 2:4), so the first satisfied
+    pattern is not the cheapest one: cost each, ``n * (value_bits + ceil(log2 m)) / m`` bits per
+    element, and keep the smallest (ties go to the earlier pattern).
+    """
     from ..operators.prune import nm_groups
 
     if tensor.dim() < 2:
         return None
+    best = None
     for n, m in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):
         if tensor.shape[1] % m == 0 and bool((nm_groups(nonzero, m).sum(dim=-1) <= n).all()):
-            return (n, m)
-    return None
+            per_element = n * (value_bits + max(1, math.ceil(math.log2(m)))) / m
+            if best is None or per_element < best[0]:
+                best = (per_element, (n, m))
+    return best[1] if best is not None else None
 
 
 def tensor_cost(tensor: torch.Tensor, value_bits: int, scales: int = 0) -> TensorCost:
@@ -86,7 +94,7 @@ def tensor_cost(tensor: torch.Tensor, value_bits: int, scales: int = 0) -> Tenso
     options.append(TensorCost(numel + nnz * value_bits + extra, "bitmask", value_bits, nnz, numel))
     rel_bits, b = relative_cost(flat, numel, value_bits)
     options.append(TensorCost(rel_bits + extra, "relative", value_bits, nnz, numel, index_bits=b))
-    nm = _nm_pattern(tensor, nonzero)
+    nm = _nm_pattern(tensor, nonzero, value_bits)
     if nm is not None:
         n, m = nm
         idx = max(1, math.ceil(math.log2(m)))
