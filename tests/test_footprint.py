@@ -275,3 +275,10 @@ def test_nm_pruned_model_footprint(tiny):
     cost = fp.tensors["fc1.weight"]
     assert cost.bits == (12 * 16 // 4) * 2 * (8 + 2) + 12 * 32
     assert math.isclose(fp.compression_ratio, fp.reference_bytes / fp.bytes)
+
+
+def test_footprint_of_a_parametrized_root_module():
+    model, _ = Quantize("int8").apply(linear_model().fc)
+    fp = footprint(model)
+    assert set(fp.tensors) == {"weight", "bias"}  # no parametrization internals
+    assert fp.bytes == (40 * 8 + 4 * 32 + 4 * 32) / 8 and fp.reference_bytes == 44 * 4

@@ -650,3 +650,16 @@ def test_operators_work_on_the_digits_models():
             out, record = strategy.apply(model)
             assert out.eval()(x).shape == (4, 10)
             assert 0 < record.density <= 1
+
+
+def test_a_bare_weighted_module_is_compressible():
+    # the root module itself is the layer: tensors are keyed without a module prefix
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32)
+    model, record = Compose([Prune(0.25), Quantize("int8")]).apply(layer)
+    assert set(record.layers) == {"weight"}
+    assert nnz(model.weight.detach()) == 512
+    model, record = NMPrune(2, 4, layers=["Linear"]).apply(layer)
+    assert record.layers["weight"].density == 0.5
+    finalize(model)
+    assert type(model) is nn.Linear and sorted(model.state_dict()) == ["bias", "weight"]

@@ -146,7 +146,7 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
     tensors = {}
     for name, tensor in model.state_dict().items():
-        if ".parametrizations." in name:
+        if ".parametrizations." in name or name.startswith("parametrizations."):  # the root may be parametrized
             continue
         tensors[name] = tensor
     # Parametrized tensors appear as parametrizations.X.original; use their effective value.

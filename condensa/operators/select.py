@@ -106,22 +106,32 @@ def select_layers(
         hits = [
             name
             for name, module in modules.items()
-            if name and _matches(name, module, pattern, all_type_names, candidates)
+            # the root is matched only when it is itself a weighted layer (a bare nn.Linear model)
+            if (name or weight_names(module)) and _matches(name, module, pattern, all_type_names, candidates)
         ]
         if not hits and strict and not isinstance(pattern, type):
             raise LayerSelectionError(
                 f"{operator}: layer pattern '{pattern_repr(pattern)}' matched no module; "
                 f"compressible layers are: {', '.join(candidates[:12])}{' ...' if len(candidates) > 12 else ''}"
             )
+        contributed = 0
         for name in hits:
             # A name glob may hit a container (e.g. 'features'): take its weighted children.
             module = modules[name]
             if weight_names(module):
                 selected[name] = module
+                contributed += 1
             else:
                 for child_name, child in module.named_modules(prefix=name):
                     if weight_names(child):
                         selected[child_name] = child
+                        contributed += 1
+        if hits and not contributed and strict:
+            first = hits[0]
+            raise LayerSelectionError(
+                f"{operator}: layer '{first}' ({type(modules[first]).__name__}) is not supported; "
+                f"allowed types: {', '.join(t.__name__ for t in supported)}"
+            )
     ordered = [name for name in candidates if name in selected]
     for pattern in exclude:
         # ``ordered`` is the selection before any exclusion, so '@first'/'@last' keep their meaning
