@@ -125,6 +125,8 @@ class Workspace:
         torch.manual_seed(config.seed)
         splits = load_splits(config.data)
         model_cfg = config.model
+        strategy = build_strategy(config.strategy.scheme, config.strategy.args, config.strategy.ops)
+        check_strategy(strategy, build_model(model_cfg.name, **model_cfg.kwargs))
         if model_cfg.checkpoint:
             reference = load_weights(build_model(model_cfg.name, **model_cfg.kwargs), model_cfg.checkpoint)
         else:
@@ -136,7 +138,6 @@ class Workspace:
                 model_cfg.name, model_cfg.kwargs, splits, train_cfg, data_key=data_key(config.data),
                 seed=config.seed, device=device, cache=cache, log=log,
             )
-        strategy = build_strategy(config.strategy.scheme, config.strategy.args, config.strategy.ops)
         return cls(reference, splits, strategy, recovery=config.recovery, device=config.device, seed=config.seed,
                    objective=config.search.objective, metrics=config.metrics,
                    batch_size=config.data.batch_size, log=log)
@@ -238,6 +239,14 @@ class Workspace:
             return count_flops(model, example)["flops_effective"]
 
         return compute
+
+
+def check_strategy(strategy: Strategy, model: nn.Module) -> None:
+    """Apply ``strategy`` (open knobs at their midpoints) to an untrained model, so a layer pattern
+    that matches nothing or an N:M shape mismatch fails in a second, not after training."""
+    knobs = strategy.knobs()
+    probe = strategy.bind({name: spec.from_unit(0.5) for name, spec in knobs.items()}) if knobs else strategy
+    probe.apply(model)
 
 
 def _likelihood(reference: Predictions, compressed: Predictions) -> dict[str, float]:

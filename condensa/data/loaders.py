@@ -75,9 +75,12 @@ def _vision_splits(config: Any) -> Splits:
         for sub in ("train", "val"):
             if not (root / sub).is_dir():
                 raise DataError(f"data.root: expected {root}/{sub}/<class>/<image> (ImageFolder layout)")
-        train_aug = torchvision.datasets.ImageFolder(str(root / "train"), transform=train_tf)
-        train_eval = torchvision.datasets.ImageFolder(str(root / "train"), transform=eval_tf)
-        test = torchvision.datasets.ImageFolder(str(root / "val"), transform=eval_tf)
+        try:
+            train_aug = torchvision.datasets.ImageFolder(str(root / "train"), transform=train_tf)
+            train_eval = torchvision.datasets.ImageFolder(str(root / "train"), transform=eval_tf)
+            test = torchvision.datasets.ImageFolder(str(root / "val"), transform=eval_tf)
+        except (FileNotFoundError, RuntimeError) as error:
+            raise DataError(f"data.root: {root} holds no images in the ImageFolder layout ({error})") from None
         num_classes, shape = len(train_aug.classes), (3, size, size)
     if len(train_aug) == 0 or len(test) == 0:
         raise DataError(f"data.root: {root} holds an empty data set")

@@ -60,6 +60,8 @@ def text_splits(config: Any) -> Splits:
         text = stdlib_text(total)
     ids = encode(text)
     stride = max(1, seq_len // 2)
+    if len(ids) < seq_len + 10 * stride + 1:
+        raise DataError(f"data: text too short for seq_len={seq_len} ({len(ids)} characters)")
     starts = torch.arange(0, len(ids) - seq_len - 1, stride)
     if len(starts) < 10:
         raise DataError(f"data: text too short for seq_len={seq_len} ({len(ids)} characters)")

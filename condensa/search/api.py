@@ -1,7 +1,10 @@
 """``search``: find the knob values that optimize an objective under constraints.
 
-The search sees only knob specs and an ``evaluate`` callable that returns a metrics dict; it knows
-nothing about pruning. Every finished evaluation goes to the journal before the next starts.
+The search sees only knob specs (``strategy.knobs()``), ``strategy.bind(values)`` and an
+``evaluate`` callable that returns a metrics dict; it knows nothing about pruning. Every finished
+evaluation goes to the journal before the next one starts, so a killed search resumes where it
+stopped and, because every proposal is a deterministic function of (seed, step, history),
+reproduces the trace of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ConfigError, RecoveryError, SearchError
 from . import baselines, bo
@@ -22,7 +25,13 @@ METHODS = ("bo", "random", "grid", "bisection")
 
 @dataclass
 class Evaluation:
-    """One evaluated knob assignment (validation metrics)."""
+    """One evaluated knob assignment (validation metrics).
+
+    ``constraints[j]`` is the value of the ``j``-th constraint (inf for a failed evaluation);
+    ``objective`` the objective value as measured (None when the evaluation failed);
+    ``status`` is ``"ok"`` or ``"failed"`` (then ``message`` says why); ``resumed`` marks an
+    evaluation loaded from the journal instead of run.
+    """
 
     index: int
     knobs: dict[str, Any]
@@ -34,6 +43,7 @@ class Evaluation:
     message: str = ""
     seconds: float = 0.0
     method: str = "bo"
+    resumed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,6 +51,10 @@ class Evaluation:
 
 @dataclass
 class SearchResult:
+    """What a search found. ``best_*`` is the best *observed* feasible evaluation (never a
+    model prediction); when nothing is feasible, ``least_violating`` holds the evaluation that
+    came closest and ``message`` says so."""
+
     best_knobs: dict[str, Any] | None
     best_metrics: dict[str, Any] | None
     feasible: bool
@@ -50,11 +64,12 @@ class SearchResult:
 
     @property
     def samples(self) -> int:
+        """Number of evaluations (run or loaded from the journal)."""
         return len(self.evaluations)
 
     @property
     def best(self) -> Evaluation | None:
-        return next((e for e in self.evaluations if e.knobs == self.best_knobs and e.feasible), None)
+        return next((e for e in self.evaluations if e.feasible and e.knobs == self.best_knobs), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,72 +79,98 @@ class SearchResult:
         }
 
 
-def _violation(evaluation: Evaluation, constraints: Sequence[Constraint]) -> float:
+def _format_knobs(knobs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in knobs.items())
+
+
+def _violation(evaluation: Evaluation, constraints: Sequence[Constraint]) -> tuple[int, float]:
+    """(number of violated constraints, sum of violations relative to their bounds)."""
     if evaluation.status != "ok":
-        return math.inf
-    return sum(max(0.0, v - c.upper) / max(abs(c.upper), 1e-9) for v, c in zip(evaluation.constraints, constraints))
+        return (len(constraints) + 1, math.inf)
+    excess = [max(0.0, v - c.upper) / max(abs(c.upper), 1e-6) for v, c in zip(evaluation.constraints, constraints)]
+    return (sum(e > 0 for e in excess), sum(excess))
 
 
-def _summarize(evaluations: list[Evaluation], objective: Objective, constraints: Sequence[Constraint]) -> SearchResult:
+def summarize(evaluations: list[Evaluation], objective: Objective, constraints: Sequence[Constraint]) -> SearchResult:
+    """The result of a list of evaluations: best feasible (first one on ties), or the least violating."""
     feasible = [e for e in evaluations if e.feasible and e.objective is not None]
     if feasible:
         best = min(feasible, key=lambda e: objective.sign * e.objective)
-        knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.knobs.items())
         return SearchResult(dict(best.knobs), dict(best.metrics), True, evaluations,
-                            message=f"best feasible: {knobs} ({objective.metric} = {best.objective:.6g}) after {len(evaluations)} evaluations")
+                            message=f"best feasible: {_format_knobs(best.knobs)} ({objective.metric} = {best.objective:.6g}) "
+                                    f"after {len(evaluations)} evaluations")
     result = SearchResult(None, None, False, evaluations)
     ok = [e for e in evaluations if e.status == "ok"]
     if ok:
-        worst = min(ok, key=lambda e: _violation(e, constraints))
-        result.least_violating = {"knobs": worst.knobs, "metrics": worst.metrics, "constraints": worst.constraints}
-        broken = ", ".join(f"{c.metric} {v:.3g} > {c.upper:g}" for v, c in zip(worst.constraints, constraints) if v > c.upper)
-        knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in worst.knobs.items())
-        result.message = f"no feasible point found in {len(evaluations)} evaluations; least violating: {knobs} ({broken})"
+        closest = min(ok, key=lambda e: _violation(e, constraints))
+        result.least_violating = {"index": closest.index, "knobs": dict(closest.knobs), "metrics": dict(closest.metrics),
+                                  "constraints": list(closest.constraints), "objective": closest.objective}
+        broken = ", ".join(f"{c.metric} {v:.4g} > {c.upper:g}" for v, c in zip(closest.constraints, constraints) if v > c.upper)
+        if not broken:
+            broken = f"{objective.metric} = {closest.objective}"
+        result.message = (f"no feasible point found in {len(evaluations)} evaluations; least violating: "
+                          f"{_format_knobs(closest.knobs)} ({broken})")
+    elif evaluations:
+        result.message = f"no feasible point found: all {len(evaluations)} evaluations failed ({evaluations[-1].message})"
     else:
-        result.message = f"no feasible point found: all {len(evaluations)} evaluations failed"
+        result.message = "no evaluations"
     return result
 
 
-def default_n_init(dim: int, budget: int) -> int:
-    return max(1, min(budget - 1 if budget > 1 else 1, 3 if dim == 1 else 2 * dim + 1))
+def default_n_init(dim: int) -> int:
+    """Initial design size before the budget cap: 3 for one knob, 2d+1 for d knobs."""
+    return 3 if dim == 1 else 2 * dim + 1
 
 
 def search(
     strategy: Any,
-    evaluate: Callable[[Any], dict[str, Any]],
+    evaluate: Callable[[Any], Mapping[str, Any]],
     objective: Objective | str = "footprint_bytes",
     constraints: Sequence[Constraint] = (),
     budget: int = 10,
     seed: int = 0,
     method: str = "bo",
-    journal: str | None = None,
-    fingerprint: dict[str, Any] | None = None,
+    journal: Any = None,
+    fingerprint: Mapping[str, Any] | None = None,
     n_init: int | None = None,
     on_evaluation: Callable[[Evaluation, SearchResult], None] | None = None,
 ) -> SearchResult:
     """Search ``strategy``'s open knobs; see :mod:`condensa.search.bo` for the algorithm.
 
     ``evaluate(bound_strategy)`` returns validation metrics; a :class:`RecoveryError` it raises
-    is recorded as a failed evaluation and the search goes on. With ``journal`` every finished
-    evaluation is appended to that file, and a later call with the same journal resumes.
+    is recorded as a failed evaluation (infeasible) and the search goes on. ``budget`` is the
+    total number of evaluations, the initial design included. ``method`` is ``"bo"`` or a
+    baseline: ``"random"``, ``"grid"``, ``"bisection"`` (one knob, monotone problems).
+    With ``journal`` (a path) every finished evaluation is appended to that file, and a later
+    call with the same journal and config (``fingerprint`` plus the search settings, budget
+    excluded) loads the finished evaluations and continues to the budget. ``on_evaluation
+    (evaluation, result_so_far)`` is called after each evaluation, also for those loaded from the
+    journal (``evaluation.resumed``), so a progress display starts where the search stands.
     """
     if isinstance(objective, str):
         from .objectives import objective as make_objective
 
         objective = make_objective(objective)
+    if not isinstance(objective, Objective):
+        raise ConfigError(f"search.objective: expected an Objective or a metric name, got {objective!r}")
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ConfigError(f"search.budget: must be an integer >= 1, got {budget!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"search.seed: must be an integer, got {seed!r}")
+    if n_init is not None and (isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1):
+        raise ConfigError(f"search.n_init: must be an integer >= 1, got {n_init!r}")
     if method not in METHODS:
         raise ConfigError(f"search.method: must be one of {list(METHODS)}, got {method!r}")
+    constraints = list(constraints)
+    for c in constraints:
+        if not isinstance(c, Constraint):
+            raise ConfigError(f"search.constraints: expected Constraint objects, got {c!r}")
     knobs = strategy.knobs()
     if not knobs:
         raise SearchError("the strategy has no open knobs to search")
     space = Space(knobs)
     if method == "bisection" and space.dim != 1:
-        raise SearchError(f"bisection searches exactly one knob; this strategy has {space.dim}: {space.names}")
-    constraints = list(constraints)
-    requested_n_init = n_init
-    n_init = default_n_init(space.dim, budget) if n_init is None else max(1, min(n_init, budget))
+        raise SearchError(f"bisection searches exactly one knob; this strategy has {space.dim}: {', '.join(space.names)}")
 
     cheap_cache: dict[tuple, float] = {}
 
@@ -140,62 +181,74 @@ def search(
             cheap_cache[key] = objective.sign * float(objective.cheap(values))
         return cheap_cache[key]
 
-    store = Journal(journal) if journal else None
     evaluations: list[Evaluation] = []
+    store = Journal(journal) if journal is not None else None
     if store is not None:
-        space_desc = space.describe()
         settings = {"objective": objective.describe(), "constraints": [c.describe() for c in constraints],
-                    "method": method, "seed": seed, "n_init": requested_n_init}
-        rows = store.start({**(fingerprint or {}), "search": settings}, space_desc)
-        evaluations = [Evaluation(**row) for row in rows][:budget]
+                    "method": method, "seed": seed, "n_init": n_init}
+        rows = store.start({**dict(fingerprint or {}), "search": settings}, space.describe())
+        for row in rows[:budget]:
+            row = {**row, "knobs": space.restore(row["knobs"]), "resumed": True}
+            row.setdefault("message", "")
+            evaluations.append(Evaluation(**{k: v for k, v in row.items() if k in Evaluation.__dataclass_fields__}))
+        if on_evaluation is not None:
+            for i in range(len(evaluations)):
+                on_evaluation(evaluations[i], summarize(evaluations[: i + 1], objective, constraints))
 
-    design = bo.initial_design(space, n_init, seed) if method == "bo" else []
-    better_end = 0.0
-    if method == "bisection":
-        if objective.cheap is not None:
-            better_end = 0.0 if cheap_loss([0.0]) <= cheap_loss([1.0]) else 1.0
-        else:
-            better_end = 0.0 if objective.direction == "minimize" else 1.0
+    n_full = n_init if n_init is not None else default_n_init(space.dim)
+    n_design = min(n_full, budget if n_init is not None else max(1, budget - 1))  # default: >= 1 model-guided step
+    # The design is drawn at its uncapped size and truncated, so raising the budget later keeps it.
+    design = bo.initial_design(space, n_full, seed)[:n_design] if method == "bo" else []
+    better_end = _better_end(space, objective, cheap_loss) if method == "bisection" else 0.0
+    size = space.size()
 
     for step in range(len(evaluations), budget):
-        seen = {space.key(e.knobs) for e in evaluations}
-        ok = [e for e in evaluations if e.status == "ok"]
-        x = [space.encode(e.knobs) for e in evaluations]
-        feasible = [e.feasible for e in evaluations]
-        if method == "grid":
-            unit = baselines.grid_point(space, step, budget)
-        elif method == "random":
-            unit = baselines.random_point(space, seed, step)
-        elif method == "bisection":
-            unit = baselines.bisection_point(space, x, feasible, better_end)
-        elif step < len(design) or len(ok) < 2:
-            unit = design[step] if step < len(design) else baselines.random_point(space, seed, step)
-        else:
-            unit = _propose(space, evaluations, constraints, objective, cheap_loss if objective.cheap else None, seen, seed, step)
-        values = space.decode(unit)
-        evaluation = _run_one(strategy, values, evaluate, objective, constraints, step, method)
+        if size is not None and len({space.key(e.knobs) for e in evaluations}) >= size:
+            break  # every possible knob assignment has been evaluated
+        unit = _next_point(method, space, evaluations, constraints, objective, cheap_loss, design, better_end, seed, step, budget)
+        evaluation = _run_one(strategy, space.decode(unit), evaluate, objective, constraints, step, method)
         evaluations.append(evaluation)
         if store is not None:
             store.append(evaluation.to_dict())
         if on_evaluation is not None:
-            on_evaluation(evaluation, _summarize(evaluations, objective, constraints))
-    return _summarize(evaluations, objective, constraints)
+            on_evaluation(evaluation, summarize(evaluations, objective, constraints))
+    return summarize(evaluations, objective, constraints)
 
 
-def _propose(space, evaluations, constraints, objective, cheap_loss, seen, seed, step) -> list[float]:
-    ok = [e for e in evaluations if e.status == "ok"]
-    # Failed evaluations count as clearly infeasible: worse than anything observed.
-    columns = []
-    for j, constraint in enumerate(constraints):
-        observed = [e.constraints[j] for e in ok if math.isfinite(e.constraints[j])]
-        worst = max(observed + [constraint.upper]) + (max(observed) - min(observed) if len(observed) > 1 else 1.0)
-        columns.append([e.constraints[j] if e.status == "ok" and math.isfinite(e.constraints[j]) else worst for e in evaluations])
-    losses = [objective.sign * e.objective if e.objective is not None and e.status == "ok" else None for e in evaluations]
-    if cheap_loss is not None:
-        losses = [cheap_loss(space.encode(e.knobs)) for e in evaluations]
+def _better_end(space: Space, objective: Objective, cheap_loss) -> float:
+    """For bisection: the end of the knob's range with the better objective."""
+    if objective.cheap is not None:
+        return 0.0 if cheap_loss([0.0]) <= cheap_loss([1.0]) else 1.0
+    return 0.0 if objective.direction == "minimize" else 1.0
+
+
+def _next_point(method, space, evaluations, constraints, objective, cheap_loss, design, better_end, seed, step, budget):
     x = [space.encode(e.knobs) for e in evaluations]
+    if method == "grid":
+        return baselines.grid_point(space, step, budget)
+    if method == "random":
+        return baselines.random_point(space, seed, step)
+    if method == "bisection":
+        return baselines.bisection_point(space, x, [e.feasible for e in evaluations], better_end)
+    if step < len(design):
+        return design[step]
+    if sum(e.status == "ok" for e in evaluations) < 2:  # too little to model: keep exploring
+        return baselines.random_point(space, seed, step)
+    columns = []
+    ok = [e for e in evaluations if e.status == "ok"]
+    for j, constraint in enumerate(constraints):
+        # Failed (or non-finite) evaluations count as clearly infeasible: worse than anything observed.
+        observed = [e.constraints[j] for e in ok if math.isfinite(e.constraints[j])]
+        spread = max(observed) - min(observed) if len(observed) > 1 else 1.0
+        worst = max(observed + [constraint.upper]) + max(spread, 1.0)
+        columns.append([e.constraints[j] if e.status == "ok" and math.isfinite(e.constraints[j]) else worst for e in evaluations])
+    if objective.cheap is not None:
+        losses = [cheap_loss(u) for u in x]
+    else:
+        losses = [objective.sign * e.objective if e.status == "ok" and e.objective is not None and math.isfinite(e.objective)
+                  else None for e in evaluations]
     return bo.propose(space, x, columns, [c.upper for c in constraints], losses, [e.feasible for e in evaluations],
-                      cheap_loss, seen, seed, step)
+                      cheap_loss if objective.cheap is not None else None, seed, step)
 
 
 def _run_one(strategy, values, evaluate, objective, constraints, step, method) -> Evaluation:
@@ -206,6 +259,9 @@ def _run_one(strategy, values, evaluate, objective, constraints, step, method) -
         return Evaluation(step, values, {}, [math.inf] * len(constraints), None, False, "failed",
                           " ".join(str(error).split()), time.perf_counter() - start, method)
     seconds = time.perf_counter() - start
+    if not isinstance(metrics, Mapping):
+        raise SearchError(f"evaluate must return a dict of metrics, got {type(metrics).__name__}")
+    metrics = dict(metrics)
     constraint_values = [c.value(metrics) for c in constraints]
     value = objective.value(metrics, values)
     feasible = all(v <= c.upper for v, c in zip(constraint_values, constraints)) and math.isfinite(value)
