@@ -44,7 +44,6 @@ class DataConfig:
     root: str | None = None
     batch_size: int = 64
     split_seed: int = 0
-    num_workers: int = 0
     image_size: int | None = None
     val_fraction: float = 0.2
     limit: int | None = None
