@@ -7,7 +7,18 @@ import re
 
 import pytest
 
-from condensa import BlockPrune, Choice, Compose, ConfigError, FilterPrune, KnobError, NeuronPrune, Prune, Quantize, Range
+from condensa import (
+    BlockPrune,
+    Choice,
+    Compose,
+    ConfigError,
+    FilterPrune,
+    KnobError,
+    NeuronPrune,
+    Prune,
+    Quantize,
+    Range,
+)
 from condensa.knobs import check_value, is_open, knob_from_dict
 from condensa.operators import NMPrune, bind_checked
 from condensa.operators.base import parse_arg

@@ -25,7 +25,7 @@ from condensa.metrics import (
 def make_predictions(pred: list[int], labels: list[int], ids: list[int], confidence: list[float], classes: int = 3) -> Predictions:
     """Logits whose argmax is ``pred`` with the predicted logit equal to ``confidence``."""
     logits = torch.zeros(len(pred), classes)
-    for i, (p, c) in enumerate(zip(pred, confidence)):
+    for i, (p, c) in enumerate(zip(pred, confidence, strict=False)):
         logits[i, p] = c
     return Predictions(logits, torch.tensor(labels), torch.tensor(ids))
 
@@ -210,3 +210,15 @@ def test_latency_records_median_batch_size_and_threads():
     assert result["latency_repeats"] == 5
     assert torch.get_num_threads() == previous  # restored
     assert measure_latency(model, torch.randn(2, 64), repeats=3, warmup=0)["latency_threads"] == previous
+
+
+def test_session_cache_is_private(_private_cache):
+    # conftest points CONDENSA_CACHE at a temporary directory for every test (and CLI subprocess)
+    import os
+    from pathlib import Path
+
+    from condensa.models.reference import cache_dir
+
+    assert os.environ["CONDENSA_CACHE"] == _private_cache
+    assert cache_dir() == Path(_private_cache)
+    assert Path.home() / ".cache" / "condensa" not in (cache_dir(), *cache_dir().parents)

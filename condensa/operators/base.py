@@ -117,6 +117,7 @@ class Strategy:
         """Compress ``model`` (a deep copy unless ``inplace``); returns ``(model, record)``."""
         self.check_concrete()
         if not inplace:
+            params.detach_rnn_caches(model)  # a trained, parametrized LSTM could not be deep-copied
             model = copy.deepcopy(model)
         touched: dict[str, list[str]] = {}
         with torch.no_grad():

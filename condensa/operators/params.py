@@ -152,6 +152,18 @@ def _refresh_rnn(module: nn.Module) -> None:
         module._init_flat_weights()
 
 
+def detach_rnn_caches(model: nn.Module) -> None:
+    """Rebuild the ``_flat_weights`` cache of parametrized RNN modules without autograd history.
+
+    A forward in grad mode fills it with the parametrization's outputs (non-leaf tensors), and
+    ``copy.deepcopy`` refuses those; ``Strategy.apply`` calls this before copying the model.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.RNNBase) and parametrize.is_parametrized(module):
+                module._init_flat_weights()
+
+
 def set_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
     """AND ``mask`` into the tensor's mask (creating it), zeroing the stored values it removes."""
     mask = mask.to(torch.bool).to(raw_tensor(module, name).device)

@@ -40,7 +40,10 @@ _CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
 def weight_names(module: nn.Module) -> list[str]:
     """Names of the compressible weight tensors of a module (biases and norms are left alone)."""
     if isinstance(module, nn.RNNBase):
-        return [name for name, _ in module.named_parameters(recurse=False) if name.startswith("weight_")]
+        # ``_flat_weights_names`` still lists weights that a mask or quantizer parametrizes (they
+        # are no longer direct parameters then, and ``named_parameters`` would miss them)
+        names = getattr(module, "_flat_weights_names", None) or [n for n, _ in module.named_parameters(recurse=False)]
+        return [name for name in names if name.startswith("weight_")]
     if isinstance(module, WEIGHTED_TYPES):
         return ["weight"]
     return []
