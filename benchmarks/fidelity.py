@@ -62,7 +62,8 @@ def main() -> None:
                 mm.append(fidelity["mismatches"])
                 mm_ok.append(fidelity["mismatches_ref_correct"])
             results[name] = (statistics.mean(acc), statistics.mean(mm))
-            sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
+            def sd(xs):
+                return (statistics.stdev(xs) if len(xs) > 1 else 0.0)
             print(f"| {name} | {statistics.mean(acc):.2f} ± {sd(acc):.2f} | {statistics.mean(mm):.1f} ± {sd(mm):.1f} | "
                   f"{statistics.mean(mm_ok):.1f} ± {sd(mm_ok):.1f} |")
         ce_acc, ce_mm = results["fine-tune, CE"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import CondensaError
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from .errors import KnobError
 
@@ -97,7 +97,7 @@ class Choice:
         return {"choice": list(self.options)}
 
 
-KnobSpec = Union[Range, Choice]
+KnobSpec = Range | Choice
 
 
 def is_open(value: Any) -> bool:

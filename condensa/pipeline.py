@@ -13,9 +13,10 @@ import importlib.util
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -116,7 +117,7 @@ class Workspace:
         self.recovery_config()  # validate early: a typo should fail before any training
 
     @classmethod
-    def from_config(cls, config: Config, *, log: Callable[[str], None] = print, cache: str | None = None) -> "Workspace":
+    def from_config(cls, config: Config, *, log: Callable[[str], None] = print, cache: str | None = None) -> Workspace:
         """Load data, build (train or load) the reference model and the strategy of a config."""
         from .models.reference import load_weights, train_reference
         from .models.registry import build_model

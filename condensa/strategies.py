@@ -8,7 +8,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, CondensaError
+from .errors import CondensaError, ConfigError
 from .operators import OPERATORS, Compose, Strategy
 from .operators.base import parse_arg
 

@@ -110,7 +110,7 @@ def test_lc_ends_exactly_compressed_and_keeps_accuracy(digits, digits_reference,
     assert predict(model, digits.test).accuracy >= reference_accuracy - 4.0
     tensors = params.compressed_tensors(model)
     assert tensors
-    for module_name, module, name in tensors:
+    for _module_name, module, name in tensors:
         value = getattr(module, name).detach()
         mask = params.get_mask(module, name)
         if mask is not None:

@@ -33,11 +33,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import io as _atomic
 from ..errors import CheckpointError, ModelError
 from ..metrics.footprint import model_tensors
 from ..operators import params
 from ..operators.coupling import infer_example_input, plain_copy
-from .. import io as _atomic
 from .packing import decode_tensor, encode_tensor
 from .surgery import ShrinkReport, apply_widths, shrink_with_report
 

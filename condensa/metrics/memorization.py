@@ -12,7 +12,8 @@ Mann-Whitney U test.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Subset

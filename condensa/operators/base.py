@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -98,7 +99,7 @@ class Strategy:
     def knobs(self) -> dict[str, KnobSpec]:
         raise NotImplementedError
 
-    def bind(self, values: Mapping[str, Any]) -> "Strategy":
+    def bind(self, values: Mapping[str, Any]) -> Strategy:
         raise NotImplementedError
 
     def _apply(self, model: nn.Module, touched: dict[str, list[str]]) -> None:
@@ -150,7 +151,7 @@ class Operator(Strategy):
     def knobs(self) -> dict[str, KnobSpec]:
         return {f"{self.label}.{name}": getattr(self, name) for name in self.tunable if is_open(getattr(self, name))}
 
-    def bind(self, values: Mapping[str, Any]) -> "Operator":
+    def bind(self, values: Mapping[str, Any]) -> Operator:
         unknown = set(values) - set(self.knobs())
         if unknown:
             raise KnobError(f"unknown knob(s) {sorted(unknown)}; open knobs: {sorted(self.knobs())}")
@@ -206,7 +207,7 @@ class Compose(Strategy):
                 out[f"{prefix}.{local}"] = spec
         return out
 
-    def bind(self, values: Mapping[str, Any]) -> "Compose":
+    def bind(self, values: Mapping[str, Any]) -> Compose:
         unknown = set(values) - set(self.knobs())
         if unknown:
             raise KnobError(f"unknown knob(s) {sorted(unknown)}; open knobs: {sorted(self.knobs())}")

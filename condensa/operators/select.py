@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Iterable, Sequence, Union
+from collections.abc import Iterable, Sequence
 
 from torch import nn
 
 from ..errors import LayerSelectionError
 
-Pattern = Union[str, type]
+Pattern = str | type
 
 WEIGHTED_TYPES: tuple[type, ...] = (
     nn.Linear,

@@ -67,12 +67,12 @@ class RecoveryConfig:
         return TrainConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer, weight_decay=self.weight_decay,
                            momentum=self.momentum, batch_size=self.batch_size, amp=self.amp, max_steps=self.max_steps)
 
-    def replace(self, **changes: Any) -> "RecoveryConfig":
+    def replace(self, **changes: Any) -> RecoveryConfig:
         changes = {k: v for k, v in changes.items() if v is not None}
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, where: str = "recovery") -> "RecoveryConfig":
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "recovery") -> RecoveryConfig:
         from ..config import from_dict
 
         fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}

@@ -8,8 +8,8 @@ SGD or Adam, device-agnostic, optional autocast. The same loop trains the refere
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

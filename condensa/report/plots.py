@@ -90,7 +90,7 @@ def search_trace(result: dict[str, Any], out: Path) -> Path | None:
         in_view = [y for y in ys if y <= top]
         bottom = min(in_view + [0.0]) - 0.1 * top
         left.set_ylim(bottom, top)
-        for i, (x, y) in enumerate(zip(xs, ys)):
+        for x, y in zip(xs, ys):
             if y > top:
                 left.annotate(f"↑ {y:.3g}", (x, top), textcoords="offset points", xytext=(0, -12), ha="center",
                               fontsize=7, color=INFEASIBLE)

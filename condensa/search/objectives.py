@@ -6,8 +6,9 @@ Both read the metrics dict an evaluation returns, so any measured figure can ser
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigError
 
