@@ -232,20 +232,16 @@ def strip(model: nn.Module) -> nn.Module:
     return model
 
 
-def quant_bits(model: nn.Module) -> dict[str, int]:
-    """``{"module.tensor": bits}`` for every quantized tensor still parametrized."""
-    bits = {}
-    for module_name, module, tensor_name in compressed_tensors(model):
-        quant = get_quant(module, tensor_name)
-        if quant is not None:
-            bits[f"{module_name}.{tensor_name}" if module_name else tensor_name] = quant.bits
-    return bits
-
-
 def quant_dtypes(model: nn.Module) -> dict[str, str]:
+    """``{"module.tensor": dtype name}`` for every quantized tensor still parametrized."""
     dtypes = {}
     for module_name, module, tensor_name in compressed_tensors(model):
         quant = get_quant(module, tensor_name)
         if quant is not None:
             dtypes[f"{module_name}.{tensor_name}" if module_name else tensor_name] = quant.dtype
     return dtypes
+
+
+def quant_bits(model: nn.Module) -> dict[str, int]:
+    """``{"module.tensor": bits}`` for every quantized tensor still parametrized."""
+    return {name: dtype_bits(dtype) for name, dtype in quant_dtypes(model).items()}
