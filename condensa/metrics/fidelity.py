@@ -34,7 +34,8 @@ def mismatches(reference: Predictions, compressed: Predictions, num_classes: int
         count = int((flipped & in_class).sum())
         per_class_count[str(c)] = count
         per_class_rate[str(c)] = 100.0 * count / int(in_class.sum()) if int(in_class.sum()) else 0.0
-    rates = list(per_class_rate.values())
+    # Classes without examples in this split have no rate; they must not dilute the mean.
+    rates = [per_class_rate[str(c)] for c in range(num_classes) if int((labels == c).sum())]
     mean_rate = sum(rates) / len(rates) if rates else 0.0
     ref_conf, cmp_conf = reference.confidence, compressed.confidence
     flipped_positions = torch.nonzero(flipped).reshape(-1).tolist()

@@ -29,9 +29,9 @@ def count_flops(model: nn.Module, example_input: torch.Tensor) -> dict[str, floa
     root = type(model).__name__
     for name, module in model.named_modules():
         names = weight_names(module)
-        if not name or not names or isinstance(module, nn.Embedding):
+        if not names or isinstance(module, nn.Embedding):
             continue
-        layer_flops = float(sum(counts.get(f"{root}.{name}", {}).values()))
+        layer_flops = float(sum(counts.get(f"{root}.{name}" if name else root, {}).values()))
         tensors = [getattr(module, t) for t in names]
         numel = sum(t.numel() for t in tensors)
         nonzero = sum(int((t != 0).sum()) for t in tensors)

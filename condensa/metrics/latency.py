@@ -18,6 +18,7 @@ def measure_latency(
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    was_training = model.training
     try:
         model.eval()
         device = example_input.device
@@ -39,3 +40,4 @@ def measure_latency(
         }
     finally:
         torch.set_num_threads(previous)
+        model.train(was_training)

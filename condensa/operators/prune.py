@@ -120,8 +120,9 @@ class FilterPrune(Operator):
     (:func:`condensa.operators.coupling.following_norms`). Channels coupled through a residual
     addition then generally stay nonzero on another branch, so surgery can remove fewer of them.
 
-    The last layer is excluded by default because removing the classifier's rows would remove
-    classes.
+    ``exclude=("@last",)`` by default leaves the last *selected* layer dense (for NeuronPrune the
+    classifier, whose rows are the classes); in coupled mode groups reaching the model output are
+    skipped anyway, so ``exclude=()`` is safe there (``schemes/filter.py`` uses it).
     """
 
     density: Any = 0.5
