@@ -128,6 +128,9 @@ class Workspace:
         model_cfg = config.model
         strategy = build_strategy(config.strategy.scheme, config.strategy.args, config.strategy.ops)
         check_strategy(strategy, build_model(model_cfg.name, **model_cfg.kwargs))
+        from .recovery import RecoveryConfig
+
+        RecoveryConfig.from_dict(dict(config.recovery), where="recovery")  # fail before any training
         if model_cfg.checkpoint:
             reference = load_weights(build_model(model_cfg.name, **model_cfg.kwargs), model_cfg.checkpoint)
         else:
