@@ -632,9 +632,18 @@ def test_pattern_matching_nothing_raises_naming_the_pattern(tiny, pattern):
         Prune(0.5, layers=[pattern]).apply(tiny)
 
 
-def test_exclude_pattern_matching_nothing_raises(tiny):
-    with pytest.raises(LayerSelectionError, match="exclude pattern 'fc9'"):
-        Prune(0.5, exclude=["fc9"]).apply(tiny)
+@pytest.mark.parametrize("pattern", ["fc9", "@frist", "@nothing", "Conv3d"])
+def test_exclude_pattern_matching_nothing_raises(tiny, pattern):
+    # regression: any '@...' exclude pattern was exempt, so a misspelt '@frist' silently excluded nothing
+    with pytest.raises(LayerSelectionError, match=re.escape(f"exclude pattern '{pattern}' matched no selected layer")):
+        Prune(0.5, exclude=[pattern]).apply(tiny)
+
+
+def test_exclude_first_after_its_layer_was_already_excluded_is_fine(tiny):
+    _, record = Prune(0.5, exclude=["conv1", "@first"]).apply(tiny)
+    assert set(record.layers) == {"conv2.weight", "fc1.weight", "fc2.weight"}
+    _, record = Prune(0.5, layers=["fc*"], exclude=["fc2", "@last"]).apply(tiny)
+    assert set(record.layers) == {"fc1.weight"}
 
 
 def test_unsupported_selected_layer_type_errors_naming_the_layer():

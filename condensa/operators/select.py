@@ -151,7 +151,9 @@ def select_layers(
             for child in ordered
             if child.startswith(name + ".")
         ]
-        if not hits and strict and not str(pattern).startswith("@"):
+        # '@first'/'@last' may hit nothing when earlier exclude patterns removed that layer; any
+        # other pattern (including a misspelt '@frist') that excludes nothing is a typo
+        if not hits and strict and pattern not in ("@first", "@last"):
             raise LayerSelectionError(
                 f"{operator}: exclude pattern '{pattern_repr(pattern)}' matched no selected layer"
             )
