@@ -32,6 +32,8 @@ class Range:
             raise KnobError(f"Range needs low < high, got low={self.low} high={self.high}")
         if self.log and self.low <= 0:
             raise KnobError(f"Range with log=True needs low > 0, got low={self.low}")
+        if self.integer and math.ceil(self.low) > math.floor(self.high):
+            raise KnobError(f"Range with integer=True contains no integer: [{self.low}, {self.high}]")
 
     def contains(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -55,7 +57,9 @@ class Range:
         else:
             value = self.low + unit * (self.high - self.low)
         value = min(self.high, max(self.low, value))
-        return int(round(value)) if self.integer else value
+        if self.integer:  # round, then keep inside the range when its bounds are not integers
+            return min(math.floor(self.high), max(math.ceil(self.low), int(round(value))))
+        return value
 
     def describe(self) -> str:
         kind = "int" if self.integer else "float"

@@ -87,6 +87,17 @@ def test_range_integer_rounds_and_clips():
     assert all(log_int.from_unit(log_int.to_unit(v)) == v for v in (1, 2, 8, 33, 64))
 
 
+def test_integer_range_with_fractional_bounds_stays_inside():
+    # regression: from_unit rounded after clipping, so 0.5 -> 0 and 3.5 -> 4, values bind() rejects
+    spec = Range(0.5, 3.5, integer=True)
+    values = [spec.from_unit(u / 20) for u in range(21)]
+    assert set(values) == {1, 2, 3}
+    assert all(spec.contains(v) for v in values)
+    assert Range(0.5, 3.5).from_unit(0.0) == 0.5  # a float range with the same bounds is unaffected
+    with pytest.raises(KnobError, match="contains no integer"):
+        Range(1.2, 1.8, integer=True)
+
+
 def test_from_unit_clips_outside_the_unit_interval():
     spec = Range(0.1, 0.5)
     assert spec.from_unit(-0.5) == 0.1 and spec.from_unit(1.5) == 0.5
