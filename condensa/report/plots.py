@@ -166,7 +166,8 @@ def per_class_mismatches(result: dict[str, Any], out: Path) -> Path | None:
     ax.axhline(mean, color="black", ls="--", lw=1, label=f"mean {mean:.2f}%")
     ax.set_xlabel("true class")
     ax.set_ylabel("mismatch rate (%)")
-    ax.set_title(f"Mismatches vs the reference by class (test; bias = worst/mean = {result['test'].get('mismatch_bias', 0):.2f})")
+    ax.set_title(f"Mismatches vs the reference, by true class (test split)\n"
+                 f"bias = worst class rate / mean rate = {result['test'].get('mismatch_bias', 0):.2f}", fontsize=10)
     ax.legend(fontsize=8)
     return _save(fig, out)
 

@@ -27,6 +27,8 @@ def _summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("feasible", "yes" if result.get("feasible") else "no"))
         if result.get("knobs"):
             rows.append(("chosen knobs", ", ".join(f"{k} = {_fmt(v)}" for k, v in result["knobs"].items())))
+    language_model = len(test.get("per_class_mismatch_rate", {})) > 20 or any(
+        c.get("metric", "").startswith("perplexity") for c in result.get("constraints") or [])
     for key, label in [
         ("reference_accuracy", "reference accuracy (%)"), ("accuracy", "accuracy (%)"), ("accuracy_drop", "accuracy drop (pts)"),
         ("perplexity", "perplexity"), ("mismatches", "mismatches"), ("mismatches_ref_correct", "… where the reference was right"),
@@ -35,6 +37,8 @@ def _summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("compression_ratio", "compression ratio"), ("flops_effective", "effective FLOPs"), ("flops_dense", "dense FLOPs"),
         ("latency_ms", "latency (ms)"),
     ]:
+        if key == "perplexity" and not language_model:
+            continue  # exp(cross-entropy) of a classifier confuses more than it tells
         if key in test:
             rows.append((label, _fmt(test[key])))
     return rows
