@@ -165,7 +165,8 @@ def _fingerprint(config: Config, strategy) -> dict[str, Any]:
     }
 
 
-def evaluations_table(evaluations: list[Any], objective: str) -> str:
+def evaluations_table(evaluations: list[Any], objective: str, set_aside: Any = ()) -> str:
+    """The search trace; ``set_aside`` marks observed-feasible points the constraint model judged noise."""
     header = f"  {'#':>2}  {'knobs':<40} {'acc drop':>8} {'mismatch%':>9} {objective:>16} {'ratio':>7}  feasible"
     lines = [header, "  " + "-" * (len(header) - 2)]
     for ev in evaluations:
@@ -176,9 +177,17 @@ def evaluations_table(evaluations: list[Any], objective: str) -> str:
             continue
         lines.append(
             f"  {ev.index:>2}  {knobs:<40} {m.get('accuracy_drop', float('nan')):>8.2f} {m.get('mismatch_rate', float('nan')):>9.2f} "
-            f"{ev.objective:>16.6g} {m.get('compression_ratio', float('nan')):>7.1f}  {'yes' if ev.feasible else 'no'}"
+            f"{ev.objective:>16.6g} {m.get('compression_ratio', float('nan')):>7.1f}  {_feasible_mark(ev, set_aside)}"
         )
+    if set_aside:
+        lines.append("  yes? = under the bound as measured, over it by the constraint model: probably noise, not chosen")
     return "\n".join(lines)
+
+
+def _feasible_mark(evaluation: Any, set_aside: Any) -> str:
+    if not evaluation.feasible:
+        return "no"
+    return "yes?" if evaluation.index in set_aside else "yes"
 
 
 def run_search(config: Config, *, out: str | None = None, config_path: str | None = None, quiet: bool = False,
@@ -212,7 +221,7 @@ def run_search(config: Config, *, out: str | None = None, config_path: str | Non
     with bar:
         result = search(strategy, evaluate, objective, constraints, budget=search_cfg.budget, seed=config.seed,
                         method=search_cfg.method, journal=journal, fingerprint=_fingerprint(config, strategy),
-                        n_init=search_cfg.n_init, on_evaluation=on_evaluation)
+                        n_init=search_cfg.n_init, on_evaluation=on_evaluation, recommend=search_cfg.recommend)
     summary: dict[str, Any] = {
         "command": "search",
         "feasible": result.feasible,
@@ -249,7 +258,7 @@ def run_search(config: Config, *, out: str | None = None, config_path: str | Non
     summary["seconds"] = time.perf_counter() - start
     _write_outputs(out_dir, config, summary, model)
     if not quiet:
-        log(evaluations_table(result.evaluations, metric))
+        log(evaluations_table(result.evaluations, metric, result.set_aside))
         if result.feasible:
             knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_knobs.items())
             log(f"best: {knobs} after {result.samples} evaluations; final model on the test split:")

@@ -72,6 +72,7 @@ class SearchConfig:
     method: str = "bo"
     eval_epochs: int | None = None
     n_init: int | None = None
+    recommend: str = "model"
 
 
 @dataclass
@@ -213,6 +214,7 @@ DATA_NAMES = ("digits", "cifar10", "imagefolder", "text")
 OBJECTIVES = ("footprint", "flops", "latency")
 DIRECTIONS = ("minimize", "maximize")
 METHODS = ("bo", "random", "grid", "bisection")
+RECOMMEND = ("model", "observed")
 
 
 def validate(config: Config) -> None:
@@ -232,6 +234,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"search.direction: must be one of {list(DIRECTIONS)}, got {search.direction!r}")
     if search.method not in METHODS:
         raise ConfigError(f"search.method: must be one of {list(METHODS)}, got {search.method!r}")
+    if search.recommend not in RECOMMEND:
+        raise ConfigError(f"search.recommend: must be one of {list(RECOMMEND)}, got {search.recommend!r}")
     for i, item in enumerate(search.constraints):
         where = f"search.constraints[{i}]"
         constraint = from_dict(ConstraintConfig, item, where)

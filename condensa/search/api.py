@@ -22,6 +22,7 @@ from .objectives import Constraint, Objective
 from .space import Space
 
 METHODS = ("bo", "random", "grid", "bisection")
+RECOMMEND = ("model", "observed")
 
 
 @dataclass
@@ -62,6 +63,8 @@ class SearchResult:
     evaluations: list[Evaluation] = field(default_factory=list)
     least_violating: dict[str, Any] | None = None
     message: str = ""
+    #: indices of evaluations feasible as observed that the constraint model judged lucky noise
+    set_aside: list[int] = field(default_factory=list)
 
     @property
     def samples(self) -> int:
@@ -76,6 +79,7 @@ class SearchResult:
         return {
             "best_knobs": self.best_knobs, "best_metrics": self.best_metrics, "feasible": self.feasible,
             "samples": self.samples, "least_violating": self.least_violating, "message": self.message,
+            "set_aside": list(self.set_aside),
             "evaluations": [e.to_dict() for e in self.evaluations],
         }
 
@@ -92,14 +96,23 @@ def _violation(evaluation: Evaluation, constraints: Sequence[Constraint]) -> tup
     return (sum(e > 0 for e in excess), sum(excess))
 
 
-def summarize(evaluations: list[Evaluation], objective: Objective, constraints: Sequence[Constraint]) -> SearchResult:
-    """The result of a list of evaluations: best feasible (first one on ties), or the least violating."""
+def summarize(evaluations: list[Evaluation], objective: Objective, constraints: Sequence[Constraint],
+              trusted: Sequence[bool] | None = None) -> SearchResult:
+    """The result of a list of evaluations: best feasible (first one on ties), or the least violating.
+
+    ``trusted[i]`` (optional) says whether the constraint model agrees that evaluation ``i`` is
+    feasible; observed-feasible points it does not trust are passed over unless none is left."""
     feasible = [e for e in evaluations if e.feasible and e.objective is not None]
     if feasible:
-        best = min(feasible, key=lambda e: objective.sign * e.objective)
+        kept = [e for e in feasible if trusted is None or trusted[evaluations.index(e)]] or feasible
+        set_aside = [e.index for e in feasible if e not in kept]
+        best = min(kept, key=lambda e: objective.sign * e.objective)
+        note = ""
+        if set_aside:
+            note = f"; set aside as probably noise (observed feasible, modeled infeasible): #{', #'.join(map(str, set_aside))}"
         return SearchResult(dict(best.knobs), dict(best.metrics), True, evaluations,
                             message=f"best feasible: {_format_knobs(best.knobs)} ({objective.metric} = {best.objective:.6g}) "
-                                    f"after {len(evaluations)} evaluations")
+                                    f"after {len(evaluations)} evaluations{note}", set_aside=set_aside)
     result = SearchResult(None, None, False, evaluations)
     ok = [e for e in evaluations if e.status == "ok"]
     if ok:
@@ -135,6 +148,7 @@ def search(
     fingerprint: Mapping[str, Any] | None = None,
     n_init: int | None = None,
     on_evaluation: Callable[[Evaluation, SearchResult], None] | None = None,
+    recommend: str = "model",
 ) -> SearchResult:
     """Search ``strategy``'s open knobs; see :mod:`condensa.search.bo` for the algorithm.
 
@@ -147,6 +161,8 @@ def search(
     excluded) loads the finished evaluations and continues to the budget. ``on_evaluation
     (evaluation, result_so_far)`` is called after each evaluation, also for those loaded from the
     journal (``evaluation.resumed``), so a progress display starts where the search stands.
+    ``recommend="model"`` (BO only) passes over measured-feasible points that the constraint GPs
+    judge over the bound (lucky noise); use ``"observed"`` when ``evaluate`` is noiseless.
     """
     if isinstance(objective, str):
         from .objectives import objective as make_objective
@@ -162,6 +178,8 @@ def search(
         raise ConfigError(f"search.n_init: must be an integer >= 1, got {n_init!r}")
     if method not in METHODS:
         raise ConfigError(f"search.method: must be one of {list(METHODS)}, got {method!r}")
+    if recommend not in RECOMMEND:
+        raise ConfigError(f"search.recommend: must be one of {list(RECOMMEND)}, got {recommend!r}")
     constraints = list(constraints)
     for c in constraints:
         if not isinstance(c, Constraint):
@@ -213,7 +231,12 @@ def search(
             store.append(evaluation.to_dict())
         if on_evaluation is not None:
             on_evaluation(evaluation, summarize(evaluations, objective, constraints))
-    return summarize(evaluations, objective, constraints)
+    trusted = None
+    if method == "bo" and recommend == "model" and constraints and sum(e.status == "ok" for e in evaluations) >= 3:
+        x = [space.encode(e.knobs) for e in evaluations]
+        trusted = bo.model_feasible(x, _constraint_columns(evaluations, constraints), [c.upper for c in constraints],
+                                    seed, len(evaluations))
+    return summarize(evaluations, objective, constraints, trusted)
 
 
 def _better_end(space: Space, objective: Objective, cheap_loss) -> float:
@@ -235,14 +258,7 @@ def _next_point(method, space, evaluations, constraints, objective, cheap_loss, 
         return design[step]
     if sum(e.status == "ok" for e in evaluations) < 2:  # too little to model: keep exploring
         return baselines.random_point(space, seed, step)
-    columns = []
-    ok = [e for e in evaluations if e.status == "ok"]
-    for j, constraint in enumerate(constraints):
-        # Failed (or non-finite) evaluations count as clearly infeasible: worse than anything observed.
-        observed = [e.constraints[j] for e in ok if math.isfinite(e.constraints[j])]
-        spread = max(observed) - min(observed) if len(observed) > 1 else 1.0
-        worst = max(observed + [constraint.upper]) + max(spread, 1.0)
-        columns.append([e.constraints[j] if e.status == "ok" and math.isfinite(e.constraints[j]) else worst for e in evaluations])
+    columns = _constraint_columns(evaluations, constraints)
     if objective.cheap is not None:
         losses = [cheap_loss(u) for u in x]
     else:
@@ -250,6 +266,19 @@ def _next_point(method, space, evaluations, constraints, objective, cheap_loss, 
                   else None for e in evaluations]
     return bo.propose(space, x, columns, [c.upper for c in constraints], losses, [e.feasible for e in evaluations],
                       cheap_loss if objective.cheap is not None else None, seed, step)
+
+
+def _constraint_columns(evaluations: list[Evaluation], constraints: Sequence[Constraint]) -> list[list[float]]:
+    """``columns[j][i]``: constraint ``j`` at evaluation ``i``, finite for the GPs: failed (or
+    non-finite) evaluations count as clearly infeasible, worse than anything observed."""
+    columns = []
+    ok = [e for e in evaluations if e.status == "ok"]
+    for j, constraint in enumerate(constraints):
+        observed = [e.constraints[j] for e in ok if math.isfinite(e.constraints[j])]
+        spread = max(observed) - min(observed) if len(observed) > 1 else 1.0
+        worst = max(observed + [constraint.upper]) + max(spread, 1.0)
+        columns.append([e.constraints[j] if e.status == "ok" and math.isfinite(e.constraints[j]) else worst for e in evaluations])
+    return columns
 
 
 def _run_one(strategy, values, evaluate, objective, constraints, step, method) -> Evaluation:
