@@ -272,6 +272,11 @@ def run_search(config: Config, *, out: str | None = None, config_path: str | Non
 def load_run_config(run_dir: Path) -> Config:
     import json
 
+    if Path(run_dir).is_file():
+        from .export.checkpoint import refuse_if_pickle
+
+        refuse_if_pickle(Path(run_dir))
+        raise ConfigError(f"{run_dir} is a file; expected the output folder of 'condensa compress', 'search' or 'export'")
     path = run_dir / "config.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no config.json; expected the output folder of 'condensa compress' or 'condensa search'")

@@ -73,7 +73,7 @@ CLI_CASES = [
     ("missing data path", BASE.replace("{name: digits}", "{name: cifar10, root: /no/such/dir}") + PRUNE, "/no/such/dir does not exist"),
     ("empty data set", BASE.replace("{name: digits}", "{name: text, root: '{root}/empty.txt'}") + PRUNE, "text too short"),
     ("a model factory that raises", "model: {name: '{root}/raises.py:build'}\n" + PRUNE, "raised RuntimeError: out of GPU memory"),
-    ("pickle given as weights", "model: {name: digits_cnn, checkpoint: '{root}/weights.pkl'}\n" + PRUNE, "cannot read"),
+    ("pickle given as weights", "model: {name: digits_cnn, checkpoint: '{root}/weights.pkl'}\n" + PRUNE, "pickled objects beyond tensors"),
     ("unknown recovery method", BASE.replace("{epochs: 1}", "{method: sgd}") + PRUNE, "recovery.method: must be one of"),
     ("unknown device", BASE + PRUNE + "device: tpu\n", "device: must be one of"),
 ]
@@ -125,6 +125,11 @@ def test_cli_eval_tampered_byte_fails_the_hash(export_dir, tmp_path):
     data[-1] ^= 0xFF
     (broken / "model.safetensors").write_bytes(bytes(data))
     assert_one_line_error(run_cli("eval", str(broken)), "hash mismatch")
+
+
+def test_cli_eval_pickle_file_is_refused(tmp_path):
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "model.pt")
+    assert_one_line_error(run_cli("eval", str(tmp_path / "model.pt")), "never unpickles")
 
 
 def test_cli_journal_from_a_different_config(tmp_path):

@@ -506,6 +506,17 @@ def _refuse_pickle(path: Path) -> None:
     raise CheckpointError(f"{path} is a pickle-based checkpoint (torch.save/pickle). {HOW_TO_CONVERT}")
 
 
+def refuse_if_pickle(path: Path) -> None:
+    """Raise :class:`CheckpointError` if ``path`` is a pickle file (by suffix or magic bytes)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        head = b""
+    if path.suffix in PICKLE_SUFFIXES or _looks_pickled(head):
+        _refuse_pickle(path)
+
+
 def _read_manifest(path_dir: Path) -> dict[str, Any]:
     manifest_path = path_dir / MANIFEST
     if not manifest_path.is_file():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"model.checkpoint: {path} holds pickled objects beyond tensors, which weights_only=True "
+                              "refuses (unpickling can run code); save a plain state_dict or a .safetensors file") from error
     except Exception as error:  # noqa: BLE001
-        raise CheckpointError(f"model.checkpoint: cannot read {path} safely: {type(error).__name__}: {error}") from error
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"model.checkpoint: cannot read {path} safely: {type(error).__name__}: {first}") from error
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
