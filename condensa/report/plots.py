@@ -29,33 +29,28 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _gp_band(xs: list[float], ys: list[float], log: bool):
-    """Posterior mean and 2-sigma band of a GP fitted to the trace (for the 1-D picture only)."""
+def _gp_band(xs: list[float], ys: list[float], log: bool, bound: float):
+    """Posterior mean and 2-sigma band of the search's own constraint model (a GP on
+    ``bilog(value - bound)``, see :mod:`condensa.search.bo`), mapped back to metric units."""
     import torch
-    from botorch.fit import fit_gpytorch_mll
-    from botorch.models import SingleTaskGP
-    from botorch.models.transforms import Standardize
-    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    from ..search import bo
 
     tx = [math.log(x) if log else x for x in xs]
     lo, hi = min(tx), max(tx)
     if hi <= lo or len(xs) < 3:
         return None
-    train_x = torch.tensor([(t - lo) / (hi - lo) for t in tx], dtype=torch.float64).unsqueeze(-1)
-    train_y = torch.tensor(ys, dtype=torch.float64).unsqueeze(-1)
-    model = SingleTaskGP(train_x, train_y, outcome_transform=Standardize(m=1))
-    try:
-        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
-    except Exception:  # noqa: BLE001 - the band is decoration; the points are the data
-        return None
-    grid = torch.linspace(0, 1, 200, dtype=torch.float64).unsqueeze(-1)
-    with torch.no_grad():
-        posterior = model.posterior(grid)
-        mean = posterior.mean.squeeze(-1)
-        std = posterior.variance.clamp_min(0).sqrt().squeeze(-1)
+    train_x = torch.tensor([(t - lo) / (hi - lo) for t in tx], dtype=bo.DTYPE).unsqueeze(-1)
+    train_y = bo.bilog(torch.tensor(ys, dtype=bo.DTYPE) - bound)
+    grid = torch.linspace(0, 1, 200, dtype=bo.DTYPE).unsqueeze(-1)
+    mean, std = bo.posterior(bo.fit_gp(train_x, train_y, seed=0), grid)
+
+    def back(z: torch.Tensor) -> list[float]:  # inverse of bilog, plus the bound
+        return (torch.sign(z) * torch.expm1(z.abs()) + bound).tolist()
+
     grid_x = [lo + g * (hi - lo) for g in grid.squeeze(-1).tolist()]
     grid_x = [math.exp(g) for g in grid_x] if log else grid_x
-    return grid_x, mean.tolist(), (mean - 2 * std).tolist(), (mean + 2 * std).tolist()
+    return grid_x, back(mean), back(mean - 2 * std), back(mean + 2 * std)
 
 
 def search_trace(result: dict[str, Any], out: Path) -> Path | None:
@@ -71,17 +66,21 @@ def search_trace(result: dict[str, Any], out: Path) -> Path | None:
     ys = [float(e["metrics"][metric]) for e in evaluations if isinstance(e["knobs"][knob], (int, float))]
     feasible = [bool(e.get("feasible")) for e in evaluations]
     log = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 20
+    best_knobs = result.get("search", {}).get("best_knobs")
+    chosen = next((i for i, e in enumerate(evaluations) if best_knobs and e.get("feasible") and e["knobs"] == best_knobs), None)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     if xs:
-        band = _gp_band(xs, ys, log)
+        band = _gp_band(xs, ys, log, bound)
         if band is not None:
             gx, mean, low, high = band
-            left.fill_between(gx, low, high, color=ACCENT, alpha=0.15, label="GP mean ± 2σ")
+            left.fill_between(gx, low, high, color=ACCENT, alpha=0.15, label="constraint model: mean ± 2σ")
             left.plot(gx, mean, color=ACCENT, lw=1.5)
         left.scatter([x for x, f in zip(xs, feasible) if f], [y for y, f in zip(ys, feasible) if f],
                      color=FEASIBLE, zorder=3, label="feasible")
         left.scatter([x for x, f in zip(xs, feasible) if not f], [y for y, f in zip(ys, feasible) if not f],
                      color=INFEASIBLE, marker="x", zorder=3, label="infeasible")
+        if chosen is not None and chosen < len(xs):
+            left.scatter([xs[chosen]], [ys[chosen]], s=160, facecolors="none", edgecolors="black", zorder=4, label="chosen")
         for i, (x, y) in enumerate(zip(xs, ys)):
             left.annotate(str(evaluations[i]["index"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         left.axhline(bound, color="black", ls="--", lw=1, label=f"bound {metric} ≤ {bound:g}")
@@ -110,7 +109,10 @@ def search_trace(result: dict[str, Any], out: Path) -> Path | None:
         if ok:
             best = value if best is None else pick(best, value)
         best_line.append(float("nan") if best is None else best)
-    right.plot(order, best_line, color="black", lw=1, drawstyle="steps-post", label="best feasible so far")
+    right.plot(order, best_line, color="black", lw=1, drawstyle="steps-post", label="best feasible so far (as measured)")
+    if chosen is not None:
+        right.scatter([order[chosen]], [values[chosen]], s=160, facecolors="none", edgecolors="black", zorder=4,
+                      label="chosen (feasible as measured and by the model)")
     if values and min(values) > 0 and max(values) / min(values) > 5:
         right.set_yscale("log")
     right.set_xlabel("evaluation (green = feasible, orange = infeasible)")

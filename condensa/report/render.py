@@ -47,13 +47,22 @@ def _summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
 def _evaluation_rows(result: dict[str, Any]) -> list[list[str]]:
     rows = []
     constraints = [c["metric"] for c in result.get("constraints") or []]
+    set_aside = set(result.get("search", {}).get("set_aside", []))
     for e in result.get("search", {}).get("evaluations", []):
         knobs = ", ".join(f"{k}={_fmt(v)}" for k, v in e.get("knobs", {}).items())
         metrics = e.get("metrics") or {}
         rows.append([str(e.get("index")), knobs] + [_fmt(metrics.get(c, "")) for c in constraints]
                     + [_fmt(e.get("objective", "")), _fmt(metrics.get("compression_ratio", "")),
-                       "yes" if e.get("feasible") else ("failed" if e.get("status") != "ok" else "no")])
+                       _feasible_label(e, set_aside)])
     return rows
+
+
+def _feasible_label(evaluation: dict[str, Any], set_aside: set[int]) -> str:
+    if evaluation.get("status", "ok") != "ok":
+        return "failed"
+    if not evaluation.get("feasible"):
+        return "no"
+    return "yes, set aside as noise" if evaluation.get("index") in set_aside else "yes"
 
 
 def _exemplar_rows(result: dict[str, Any]) -> list[list[str]]:
