@@ -561,9 +561,7 @@ def read_tensors(path_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     """Verify and decode the tensors of a checkpoint: ``(state dict of effective tensors, manifest)``."""
     path_dir = Path(path_dir)
     if path_dir.is_file():
-        head = path_dir.read_bytes()[:8]
-        if path_dir.suffix in PICKLE_SUFFIXES or _looks_pickled(head):
-            _refuse_pickle(path_dir)
+        refuse_if_pickle(path_dir)
         if path_dir.suffix == ".safetensors" or path_dir.name == MANIFEST:
             path_dir = path_dir.parent
         else:

@@ -45,8 +45,8 @@ def _gp_band(xs: list[float], ys: list[float], log: bool, bound: float):
     grid = torch.linspace(0, 1, 200, dtype=bo.DTYPE).unsqueeze(-1)
     mean, std = bo.posterior(bo.fit_gp(train_x, train_y, seed=0), grid)
 
-    def back(z: torch.Tensor) -> list[float]:  # inverse of bilog, plus the bound
-        return (torch.sign(z) * torch.expm1(z.abs()) + bound).tolist()
+    def back(z: torch.Tensor) -> list[float]:
+        return (bo.bilog_inverse(z) + bound).tolist()
 
     grid_x = [lo + g * (hi - lo) for g in grid.squeeze(-1).tolist()]
     grid_x = [math.exp(g) for g in grid_x] if log else grid_x

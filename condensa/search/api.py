@@ -102,10 +102,11 @@ def summarize(evaluations: list[Evaluation], objective: Objective, constraints: 
 
     ``trusted[i]`` (optional) says whether the constraint model agrees that evaluation ``i`` is
     feasible; observed-feasible points it does not trust are passed over unless none is left."""
-    feasible = [e for e in evaluations if e.feasible and e.objective is not None]
+    feasible = [(e, trusted is None or trusted[i]) for i, e in enumerate(evaluations) if e.feasible and e.objective is not None]
     if feasible:
-        kept = [e for e in feasible if trusted is None or trusted[evaluations.index(e)]] or feasible
-        set_aside = [e.index for e in feasible if e not in kept]
+        believed = [e for e, ok in feasible if ok]
+        kept = believed or [e for e, _ in feasible]  # the model trusts none: fall back to what was measured
+        set_aside = [e.index for e, ok in feasible if not ok] if believed else []
         best = min(kept, key=lambda e: objective.sign * e.objective)
         note = ""
         if set_aside:

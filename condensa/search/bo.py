@@ -145,6 +145,11 @@ def bilog(v: torch.Tensor) -> torch.Tensor:
     return torch.sign(v) * torch.log1p(v.abs())
 
 
+def bilog_inverse(z: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`bilog`."""
+    return torch.sign(z) * torch.expm1(z.abs())
+
+
 def log_ei(best: float, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``log E[max(0, best - Y)]`` for ``Y ~ N(mean, std^2)``, stable far into the tail."""
     std = std.clamp_min(1e-12)
@@ -205,9 +210,7 @@ def propose(
         return space.snap(torch.rand(space.dim, generator=g, dtype=DTYPE).tolist())
 
     log_pof = torch.zeros(len(cand), dtype=DTYPE)
-    for j, upper in enumerate(uppers):
-        y = bilog(torch.tensor(constraint_values[j], dtype=DTYPE) - upper)
-        mean, std = posterior(fit_gp(train_x, y, step_seed(seed, step, 10 + j)), cand)
+    for mean, std in constraint_posteriors(train_x, constraint_values, uppers, cand, seed, step):
         log_pof = log_pof + torch.special.log_ndtr(-mean / std)
 
     best = losses[best_index] if best_index is not None else None
@@ -232,15 +235,23 @@ def propose(
     return cand[_argmax(score)].tolist()
 
 
-def model_feasible(x: list[list[float]], constraint_values: list[list[float]], uppers: list[float],
-                   seed: int, step: int) -> list[bool]:
-    """Per evaluated point: does every constraint GP's posterior mean there satisfy the bound?
-    (Same bilog transform and seeds as :func:`propose`, so the answer is reproducible.)"""
-    train_x = torch.tensor(x, dtype=DTYPE)
-    ok = torch.ones(len(x), dtype=torch.bool)
+def constraint_posteriors(train_x: torch.Tensor, constraint_values: list[list[float]], uppers: list[float],
+                          at: torch.Tensor, seed: int, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per constraint ``j``: posterior ``(mean, std)`` at ``at`` of the GP on
+    ``bilog(value - upper_j)`` (feasible where negative), seeded from ``(seed, step, j)``."""
+    models = []
     for j, upper in enumerate(uppers):
         y = bilog(torch.tensor(constraint_values[j], dtype=DTYPE) - upper)
-        mean, _ = posterior(fit_gp(train_x, y, step_seed(seed, step, 10 + j)), train_x)
+        models.append(posterior(fit_gp(train_x, y, step_seed(seed, step, 10 + j)), at))
+    return models
+
+
+def model_feasible(x: list[list[float]], constraint_values: list[list[float]], uppers: list[float],
+                   seed: int, step: int) -> list[bool]:
+    """Per evaluated point: does every constraint GP's posterior mean there satisfy the bound?"""
+    train_x = torch.tensor(x, dtype=DTYPE)
+    ok = torch.ones(len(x), dtype=torch.bool)
+    for mean, _ in constraint_posteriors(train_x, constraint_values, uppers, train_x, seed, step):
         ok &= mean <= 0
     return ok.tolist()
 
