@@ -16,10 +16,9 @@ import torch
 
 import condensa
 from condensa import Compose, Prune, Quantize
+from condensa.analysis.memorization import memorization_scores, memorization_vs_flips
 from condensa.metrics import mismatches, predict
-from condensa.metrics.memorization import memorization_scores, memorization_vs_flips
-from condensa.recovery import RecoveryConfig, recover
-from condensa.recovery.finetune import TrainConfig
+from condensa.recovery import RecoveryConfig, TrainConfig, recover
 
 
 def main() -> None:

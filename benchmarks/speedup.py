@@ -1,7 +1,7 @@
 """Does structured surgery make models faster? FLOPs ratio vs measured speedup, torch and onnxruntime.
 
 FilterPrune (coupled groups, every conv selected: ``exclude=()``) at densities 0.75 / 0.5 / 0.25 on
-resnet18, mobilenet_v2 and vgg11_bn with random weights, shrunk with ``condensa.export.shrink``.
+resnet18, mobilenet_v2 and vgg11_bn with random weights, shrunk with ``condensa.surgery.shrink``.
 For each model the dense and the three shrunk variants are timed *alternately in the same run*
 (each round times every variant once, starting with a different one each round); the figure is
 the median over the rounds (>= 20). ``torch.set_num_threads(2)``; onnxruntime gets 2 intra-op
@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from condensa import FilterPrune  # noqa: E402
 from condensa.errors import ModelError  # noqa: E402
-from condensa.export import onnx_bytes, shrink_with_report  # noqa: E402
+from condensa.export import onnx_bytes  # noqa: E402
 from condensa.models.registry import build_model  # noqa: E402
+from condensa.surgery import shrink_with_report  # noqa: E402
 
 DENSITIES = (0.75, 0.5, 0.25)
 SPEED_MODELS = ("resnet18", "mobilenet_v2", "vgg11_bn")
@@ -125,7 +126,7 @@ def coverage() -> list[dict]:
             with torch.no_grad():
                 y, ys = pruned(x), small(x)
             blocked = {}
-            from condensa.operators.coupling import channel_groups
+            from condensa.coupling import channel_groups
 
             groups = channel_groups(model, x[:1])
             for g in groups:

@@ -19,17 +19,12 @@ from .operators import (
     finalize,
     strip,
 )
+from .pipeline import Workspace, workspace
 
 __version__ = "0.1.0"
 
-
-def workspace(*args, **kwargs):
-    """Shortcut for :func:`condensa.pipeline.workspace` (data + reference model + recovery)."""
-    from .pipeline import workspace as make
-
-    return make(*args, **kwargs)
-
 __all__ = [
     "CondensaError", "ConfigError", "KnobError", "Choice", "Range", "BlockPrune", "Compose", "FilterPrune",
-    "NeuronPrune", "NMPrune", "Prune", "Quantize", "Strategy", "finalize", "strip", "workspace", "__version__",
+    "NeuronPrune", "NMPrune", "Prune", "Quantize", "Strategy", "finalize", "strip", "Workspace", "workspace",
+    "__version__",
 ]

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+import warnings
 from collections.abc import Sequence
 
+from . import __version__, commands
+from .config import load_config
 from .errors import CondensaError
 
 EXAMPLES = {
@@ -80,14 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
-
     return f"condensa {__version__}"
 
 
 def _load(args: argparse.Namespace):
-    from .config import load_config
-
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"device={args.device}")
@@ -97,8 +96,6 @@ def _load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import commands
-
     log = (lambda *_: None) if args.quiet else print
     if args.command == "compress":
         commands.compress(_load(args), out=args.out, config_path=args.config, quiet=args.quiet, log=log)
@@ -116,8 +113,6 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    import warnings
-
     # Library deprecation chatter (torch.jit, onnx) is noise for CLI users; errors still surface.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

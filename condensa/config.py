@@ -8,15 +8,18 @@ overrides are applied to the raw mapping before validation, so they get the same
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .data.loaders import DATA_SETS
+from .device import DEVICES
 from .errors import ConfigError
+from .recovery.config import check_training
+from .schema import from_dict
+from .search import check_settings
 
 
 @dataclass
@@ -107,64 +110,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
-                "dict": "a mapping", "list": "a list"}.get(tp.__name__, tp.__name__)
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    text = " or ".join(_type_name(a) for a in args)
-    return text + (" or null" if type(None) in typing.get_args(tp) else "")
-
-
-def _check_value(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                continue
-            try:
-                return _check_value(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp in (str, dict, list):
-        if not isinstance(value, tp):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        return value
-    return value
-
-
-def from_dict(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, checking keys and types."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [key for key in data if key not in names]
-    if unknown:
-        raise ConfigError(f"{where + '.' if where else ''}{unknown[0]}: unknown key; allowed: {', '.join(names)}")
-    values = {key: _check_value(value, hints[key], f"{where + '.' if where else ''}{key}") for key, value in data.items()}
-    return cls(**values)
-
-
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides (values parsed as YAML) to a raw config mapping."""
     for item in overrides:
@@ -210,32 +155,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return parse_config(raw, overrides)
 
 
-DATA_NAMES = ("digits", "cifar10", "imagefolder", "text")
-OBJECTIVES = ("footprint", "flops", "latency")
-DIRECTIONS = ("minimize", "maximize")
-METHODS = ("bo", "random", "grid", "bisection")
-RECOMMEND = ("model", "observed")
-
-
 def validate(config: Config) -> None:
     """Cross-field checks that types alone cannot express."""
-    from .device import DEVICES
-
     if config.device not in DEVICES and not config.device.startswith("cuda:"):
         raise ConfigError(f"device: must be one of {list(DEVICES)}, got {config.device!r}")
-    if config.data.name not in DATA_NAMES:
-        raise ConfigError(f"data.name: must be one of {list(DATA_NAMES)}, got {config.data.name!r}")
+    if config.data.name not in DATA_SETS:
+        raise ConfigError(f"data.name: must be one of {list(DATA_SETS)}, got {config.data.name!r}")
     if config.data.batch_size < 1:
         raise ConfigError(f"data.batch_size: must be >= 1, got {config.data.batch_size}")
+    check_training("model.train", **dataclasses.asdict(config.model.train))
     search = config.search
-    if search.budget < 1:
-        raise ConfigError(f"search.budget: must be an integer >= 1, got {search.budget}")
-    if search.direction not in DIRECTIONS:
-        raise ConfigError(f"search.direction: must be one of {list(DIRECTIONS)}, got {search.direction!r}")
-    if search.method not in METHODS:
-        raise ConfigError(f"search.method: must be one of {list(METHODS)}, got {search.method!r}")
-    if search.recommend not in RECOMMEND:
-        raise ConfigError(f"search.recommend: must be one of {list(RECOMMEND)}, got {search.recommend!r}")
+    check_settings(budget=search.budget, method=search.method, recommend=search.recommend, n_init=search.n_init,
+                   direction=search.direction)
     for i, item in enumerate(search.constraints):
         where = f"search.constraints[{i}]"
         constraint = from_dict(ConstraintConfig, item, where)

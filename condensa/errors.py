@@ -39,5 +39,10 @@ class CheckpointError(CondensaError, ValueError):
     """A checkpoint is corrupt, tampered with, truncated or of an unsafe format."""
 
 
-class RecoveryError(CondensaError, RuntimeError):
+class EvaluationError(CondensaError, RuntimeError):
+    """One evaluation of a search failed in a way that says nothing about the others (the search
+    records it as failed and goes on)."""
+
+
+class RecoveryError(EvaluationError):
     """Recovery diverged (NaN or inf loss)."""

@@ -1,7 +1,9 @@
-"""Atomic file writes: a crash mid-write leaves the previous file intact.
+"""Files on disk: atomic writes, and reads that never unpickle.
 
-Write to a temporary file in the same folder, flush and fsync it, then ``os.replace`` it over the
-target (atomic on POSIX and Windows), and fsync the folder so the rename itself is durable.
+Writes go to a temporary file in the same folder, are flushed and fsynced, then ``os.replace``d
+over the target (atomic on POSIX and Windows), and the folder is fsynced so the rename itself is
+durable: a crash mid-write leaves the previous file intact. Reads refuse pickle files, because
+unpickling a file can run arbitrary code.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from .errors import CheckpointError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -51,16 +55,66 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    if isinstance(obj, type):
-        return obj.__name__
-    return str(obj)
+    """``default=`` hook of ``json.dumps`` for what JSON cannot hold (see :func:`jsonable`)."""
+    return jsonable(obj)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=json_default, allow_nan=True) + "\n")
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types (tensors and arrays as lists, dataclass-like objects by ``to_dict``)."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, type):
+        return obj.__name__
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "to_dict"):
+        return jsonable(obj.to_dict())
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted, compact JSON bytes: equal objects give equal bytes (for hashing)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True).encode("utf-8")
+
+
+# -- reads that never unpickle ----------------------------------------------------------------
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar")
+_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
+
+HOW_TO_CONVERT = (
+    "condensa never unpickles files, because loading a pickle can execute arbitrary code. Convert it "
+    "once, in an environment you trust: `sd = torch.load(path, map_location='cpu', weights_only=True)` then "
+    "`safetensors.torch.save_file(sd, 'model.safetensors')` (use it as model.checkpoint), or load it into "
+    "the model and write a packed export with `condensa.export.save(model, out_dir, model_factory=...)`"
+)
+
+
+def looks_pickled(head: bytes) -> bool:
+    """True when ``head`` (a file's first bytes) starts like a pickle or a torch zip archive."""
+    return any(head.startswith(m) for m in _PICKLE_MAGIC)
+
+
+def refuse_pickle(path: Path) -> None:
+    raise CheckpointError(f"{path} is a pickle-based checkpoint (torch.save/pickle). {HOW_TO_CONVERT}")
+
+
+def refuse_if_pickle(path: Path) -> None:
+    """Raise :class:`CheckpointError` if ``path`` is a pickle file (by suffix or magic bytes)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        head = b""
+    if path.suffix in PICKLE_SUFFIXES or looks_pickled(head):
+        refuse_pickle(path)

@@ -8,70 +8,41 @@ recovers accuracy and measures it. The search only sees ``evaluate`` as a callab
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
-import json
-import platform
+import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .config import Config, MetricsConfig
+from .config import Config, MetricsConfig, parse_config
 from .data.loaders import data_key, load_splits
 from .device import resolve_device
-from .errors import ConfigError, ModelError
-from .metrics import count_flops, footprint, measure_latency, mismatches, overall_density, predict
+from .errors import ConfigError
+from .io import atomic_write_bytes
+from .loading import load_callable
+from .metrics import OBJECTIVE_METRICS, count_flops, footprint, measure_latency, mismatches, overall_density, predict
 from .metrics.accuracy import Predictions
+from .models.reference import load_weights, train_reference
+from .models.registry import build_model
 from .operators import Strategy, finalize
-from .operators.base import Record
-from .recovery.finetune import TrainConfig
+from .operators.base import Record, measure_record
+from .recovery import RecoveryConfig, TrainConfig, recover
 from .strategies import build_strategy
-
-OBJECTIVE_METRICS = {"footprint": "footprint_bytes", "flops": "flops_effective", "latency": "latency_ms"}
-
-
-def versions() -> dict[str, str]:
-    import botorch
-    import gpytorch
-
-    from . import __version__
-
-    return {"condensa": __version__, "torch": torch.__version__, "botorch": botorch.__version__,
-            "gpytorch": gpytorch.__version__, "python": platform.python_version()}
 
 
 @dataclass
-class Evaluation:
-    """One compressed model and its measurements."""
+class CompressedModel:
+    """One compressed (still parametrized) model, what the strategy did, and its measurements."""
 
     model: nn.Module
     record: Record
     metrics: dict[str, Any]
     strategy: Strategy
-
-
-def _load_callable(spec: str, where: str) -> Callable:
-    target, _, attr = spec.rpartition(":")
-    if target.endswith(".py"):
-        if not Path(target).is_file():
-            raise ConfigError(f"{where}: file {target} does not exist")
-        module_spec = importlib.util.spec_from_file_location(f"condensa_user_{Path(target).stem}", target)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as error:
-            raise ConfigError(f"{where}: cannot import '{target}': {error}") from None
-    function = getattr(module, attr, None)
-    if not callable(function):
-        raise ConfigError(f"{where}: '{target}' has no callable '{attr}'")
-    return function
 
 
 
@@ -113,31 +84,23 @@ class Workspace:
         if callable(objective):
             self._objective_fn = objective
         elif objective not in OBJECTIVE_METRICS and ":" in objective:
-            self._objective_fn = _load_callable(objective, "search.objective")
+            self._objective_fn = load_callable(objective, "search.objective")
         self.recovery_config()  # validate early: a typo should fail before any training
 
     @classmethod
     def from_config(cls, config: Config, *, log: Callable[[str], None] = print, cache: str | None = None) -> Workspace:
         """Load data, build (train or load) the reference model and the strategy of a config."""
-        from .models.reference import load_weights, train_reference
-        from .models.registry import build_model
-
         device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         splits = load_splits(config.data)
         model_cfg = config.model
         strategy = build_strategy(config.strategy.scheme, config.strategy.args, config.strategy.ops)
         check_strategy(strategy, build_model(model_cfg.name, **model_cfg.kwargs))
-        from .recovery import RecoveryConfig
-
         RecoveryConfig.from_dict(dict(config.recovery), where="recovery")  # fail before any training
         if model_cfg.checkpoint:
             reference = load_weights(build_model(model_cfg.name, **model_cfg.kwargs), model_cfg.checkpoint)
         else:
-            train_cfg = TrainConfig(
-                epochs=model_cfg.train.epochs, lr=model_cfg.train.lr, optimizer=model_cfg.train.optimizer,
-                weight_decay=model_cfg.train.weight_decay, batch_size=model_cfg.train.batch_size,
-            )
+            train_cfg = TrainConfig(**dataclasses.asdict(model_cfg.train))
             reference = train_reference(
                 model_cfg.name, model_cfg.kwargs, splits, train_cfg, data_key=data_key(config.data),
                 seed=config.seed, device=device, cache=cache, log=log,
@@ -164,28 +127,22 @@ class Workspace:
         return self._reference_predictions[split]
 
     # -- evaluation ---------------------------------------------------------------------------
-    def recovery_config(self, epochs: int | None = None):
-        from .recovery import RecoveryConfig
-
-        recovery = RecoveryConfig.from_dict(dict(self.recovery), where="recovery")
-        if epochs is not None:
-            recovery = recovery.replace(epochs=epochs) if hasattr(recovery, "replace") else recovery
-        return recovery
+    def recovery_config(self, epochs: int | None = None) -> RecoveryConfig:
+        """The validated ``recovery`` section, with ``epochs`` overridden when given."""
+        return RecoveryConfig.from_dict(dict(self.recovery), where="recovery").replace(epochs=epochs)
 
     def evaluate(self, strategy: Strategy, *, split: str = "val", epochs: int | None = None,
-                 progress: Callable[[int, float], None] | None = None) -> Evaluation:
+                 progress: Callable[[int, float], None] | None = None) -> CompressedModel:
         """Compress a copy of the reference with ``strategy``, recover, and measure on ``split``."""
-        from .recovery import recover
-
         start = time.perf_counter()
         model, _ = strategy.apply(self.reference)
         recovery = self.recovery_config(epochs)
         model = recover(model, self.reference, self.splits.train, recovery, strategy=strategy,
                         device=self.device, seed=self.seed, progress=progress)
-        record = _record_of(model)
+        record = measure_record(model)
         metrics = self.measure(model, split, record)
         metrics["seconds"] = time.perf_counter() - start
-        return Evaluation(model, record, metrics, strategy)
+        return CompressedModel(model, record, metrics, strategy)
 
     def measure(self, model: nn.Module, split: str, record: Record | None = None) -> dict[str, Any]:
         """Accuracy, mismatches, density, footprint, FLOPs (and latency if configured)."""
@@ -256,8 +213,6 @@ def check_strategy(strategy: Strategy, model: nn.Module) -> None:
 def _likelihood(reference: Predictions, compressed: Predictions) -> dict[str, float]:
     """Mean negative log-likelihood (nats) and perplexity of both models; for language models
     perplexity is the usual quality figure, and ``perplexity_increase`` (percent) a natural bound."""
-    import math
-
     ref_nll = float(torch.nn.functional.cross_entropy(reference.logits, reference.labels))
     nll = float(torch.nn.functional.cross_entropy(compressed.logits, compressed.labels))
     ref_ppl, ppl = math.exp(min(ref_nll, 50.0)), math.exp(min(nll, 50.0))
@@ -265,22 +220,10 @@ def _likelihood(reference: Predictions, compressed: Predictions) -> dict[str, fl
             "perplexity_increase": 100.0 * (ppl / ref_ppl - 1.0)}
 
 
-def _record_of(model: nn.Module) -> Record:
-    from .operators.base import measure_record
-
-    return measure_record(model)
-
-
-def save_weights(model: nn.Module, path: Path) -> None:
+def save_weights(model: nn.Module, path) -> None:
     """The compressed weights as plain safetensors (``condensa export`` writes packed files)."""
-    import os
-
-    from safetensors.torch import save_file
-
     baked = finalize(copy.deepcopy(model)).cpu()
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in baked.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, safetensors_bytes({k: v.contiguous() for k, v in baked.state_dict().items()}))
 
 
 def result_summary(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -288,13 +231,6 @@ def result_summary(metrics: dict[str, Any]) -> dict[str, Any]:
             "mismatches_ref_wrong", "mismatch_rate", "mismatch_bias", "density", "footprint_bytes",
             "reference_bytes", "compression_ratio", "flops_dense", "flops_effective", "latency_ms"]
     return {k: metrics[k] for k in keys if k in metrics}
-
-
-def json_dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-
-
-__all__ = ["Workspace", "Evaluation", "versions", "save_weights", "result_summary", "ModelError"]
 
 
 def workspace(
@@ -316,8 +252,6 @@ def workspace(
     and cached when no weights exist) or your own trained ``nn.Module``; ``data`` is a data-set
     name (``"digits"``, ``"text"``, ...) or a :class:`condensa.data.Splits`.
     """
-    from .config import parse_config
-
     if isinstance(model, nn.Module):
         splits = data if not isinstance(data, str) else load_splits(parse_config({"strategy": {"ops": []}, "data": {"name": data, **(data_options or {})}}).data)
         return Workspace(model, splits, recovery=recovery, device=device, seed=seed, objective=objective, log=log)
@@ -337,3 +271,6 @@ def workspace(
     if callable(objective):
         created.objective, created._objective_fn = objective, objective
     return created
+
+
+__all__ = ["Workspace", "CompressedModel", "workspace", "save_weights", "result_summary", "check_strategy"]

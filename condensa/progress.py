@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from tqdm import tqdm
+
 
 class Progress:
     def __init__(self, total: int, desc: str, *, quiet: bool = False, unit: str = "it", leave: bool = True) -> None:
@@ -15,8 +17,6 @@ class Progress:
         self.tty = sys.stderr.isatty()
         self.bar = None
         if not quiet and self.tty:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr, dynamic_ncols=True)
 
     def update(self, n: int = 1, **postfix: Any) -> None:

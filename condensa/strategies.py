@@ -2,42 +2,28 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 from pathlib import Path
 from typing import Any
 
+import condensa.schemes as schemes_package
+
 from .errors import CondensaError, ConfigError
+from .loading import is_file_spec, load_callable
 from .operators import OPERATORS, Compose, Strategy
 from .operators.base import parse_arg
 
 
 def available_schemes() -> list[str]:
-    import condensa.schemes as package
-
-    return sorted(p.stem for p in Path(package.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+    return sorted(p.stem for p in Path(schemes_package.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
 
 
 def _scheme_function(spec: str):
-    if spec.endswith(".py") or ".py:" in spec:
-        path_text, _, func = spec.partition(".py")
-        path = Path(path_text + ".py")
-        func = func.lstrip(":") or "strategy"
-        if not path.is_file():
-            raise ConfigError(f"strategy.scheme: file {path} does not exist")
-        module_spec = importlib.util.spec_from_file_location(f"condensa_scheme_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        if spec not in available_schemes():
-            raise ConfigError(f"strategy.scheme: unknown scheme '{spec}'; available: {available_schemes()} or a path to a .py file")
-        module = importlib.import_module(f"condensa.schemes.{spec}")
-        func = "strategy"
-    function = getattr(module, func, None)
-    if not callable(function):
-        raise ConfigError(f"strategy.scheme: '{spec}' defines no function '{func}'")
-    return function
+    if is_file_spec(spec):
+        return load_callable(spec, "strategy.scheme", default_attr="strategy")
+    if spec not in available_schemes():
+        raise ConfigError(f"strategy.scheme: unknown scheme '{spec}'; available: {available_schemes()} or a path to a .py file")
+    return load_callable(f"condensa.schemes.{spec}:strategy", "strategy.scheme")
 
 
 def load_scheme(spec: str, args: dict[str, Any] | None = None) -> Strategy:

@@ -1,7 +1,7 @@
 """A custom objective: measured latency at *your* batch size, under an accuracy bound.
 
 Unstructured zeros do not make dense kernels faster, so this searches a FilterPrune density:
-each evaluation physically removes the pruned channels (``condensa.export.shrink``) and times the
+each evaluation physically removes the pruned channels (``condensa.surgery.shrink``) and times the
 smaller model. The objective is expensive and noisy, so the optimizer models it with a GP.
 
     python examples/custom_objective.py [--small]
@@ -20,7 +20,7 @@ BATCH_SIZE = 256
 
 def latency_at_my_batch(model, metrics):
     """Milliseconds per batch of 256 digits images for the shrunk model (median of 20 runs)."""
-    from condensa.export import shrink
+    from condensa.surgery import shrink
 
     example = workspace.example_input(BATCH_SIZE).cpu()
     fast = shrink(model.cpu(), example[:1])  # a smaller plain copy; the masked model is untouched

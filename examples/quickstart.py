@@ -5,7 +5,7 @@
 
 import condensa
 from condensa import Compose, Prune, Quantize
-from condensa.commands import summary_table
+from condensa.tables import summary_table
 
 workspace = condensa.workspace("digits_cnn", recovery={"epochs": 4})        # data + cached reference CNN
 strategy = Compose([Prune(density=0.05), Quantize("int8")])                  # 5% of weights kept, int8 values

@@ -169,3 +169,33 @@ def test_unwritable_output_folder_exits_2(tmp_path):
     result = condensa("compress", "configs/digits-compress.yaml", "--out", str(blocker / "sub"))
     assert result.returncode == 2
     assert "--out: cannot write to" in result.stderr
+
+
+@pytest.mark.parametrize("argv, module, extra", [
+    (["export", "runs/any"], "onnx", "condensa[onnx]"),
+    (["report", "runs/any"], "matplotlib", "condensa[report]"),
+])
+def test_missing_extra_is_named_in_one_line(monkeypatch, capsys, argv, module, extra):
+    import importlib.util
+
+    from condensa import cli, extras
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(extras.importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    assert cli.main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and extra in lines[0] and f"{module} is not installed" in lines[0], lines
+
+
+def test_export_with_no_onnx_works_without_the_onnx_extra(search_run, tmp_path, monkeypatch):
+    import importlib.util
+
+    from condensa import commands, extras
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(extras.importlib.util, "find_spec", lambda name, *a: None if name.startswith("onnx") else real(name, *a))
+    out, _ = search_run
+    commands.export(out, out=str(tmp_path / "packed"), onnx=False, quiet=True)
+    assert (tmp_path / "packed" / "model.safetensors").is_file() and not (tmp_path / "packed" / "model.onnx").exists()
+    with pytest.raises(extras.MissingExtraError, match=r"condensa\[onnx\]"):
+        commands.export(out, out=str(tmp_path / "with-onnx"), quiet=True)

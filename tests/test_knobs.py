@@ -20,7 +20,7 @@ from condensa import (
     Range,
 )
 from condensa.knobs import check_value, is_open, knob_from_dict
-from condensa.operators import NMPrune, bind_checked
+from condensa.operators import NMPrune
 from condensa.operators.base import parse_arg
 
 # --------------------------------------------------------------------------------------------------
@@ -228,8 +228,8 @@ def test_unknown_knob_name_errors():
     with pytest.raises(KnobError, match=re.escape("unknown knob(s) ['prune0.density']")):
         strategy.bind({"prune0.density": 0.5})
     with pytest.raises(KnobError, match="unknown knob"):
-        bind_checked(strategy, {"quantize.dtype": "int4"})  # concrete field, not a knob
-    assert bind_checked(strategy, {"prune.density": 0.5}) == Compose([Prune(0.5), Quantize("int8")])
+        strategy.bind({"quantize.dtype": "int4"})  # concrete field, not a knob
+    assert strategy.bind({"prune.density": 0.5}) == Compose([Prune(0.5), Quantize("int8")])
 
 
 def test_applying_with_an_open_knob_is_a_clear_error(tiny):

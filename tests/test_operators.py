@@ -30,7 +30,7 @@ from condensa.errors import LayerSelectionError
 from condensa.models.digits import DigitsCNN, DigitsMLP
 from condensa.operators import params
 from condensa.operators.select import select_layers
-from condensa.recovery.finetune import TrainConfig, train
+from condensa.recovery import TrainConfig, train
 
 WEIGHTS = ("conv1", "conv2", "fc1", "fc2")
 

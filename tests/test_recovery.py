@@ -11,8 +11,7 @@ from condensa import Compose, NMPrune, Prune, Quantize
 from condensa.errors import ConfigError, RecoveryError
 from condensa.metrics import predict
 from condensa.operators import params
-from condensa.recovery import RecoveryConfig, recover
-from condensa.recovery.finetune import TrainConfig
+from condensa.recovery import RecoveryConfig, TrainConfig, recover
 from condensa.recovery.losses import DistillLoss, SoftAdapt, flip_term, kl_term, loss_terms
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.5, 0.2]])

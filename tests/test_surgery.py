@@ -8,11 +8,12 @@ import torchvision
 from torch import nn
 
 from condensa import FilterPrune, NeuronPrune, Prune
+from condensa.coupling import channel_groups
 from condensa.errors import ModelError
-from condensa.export import shrink, shrink_with_report
 from condensa.models.registry import build_model
 from condensa.operators import params
-from condensa.operators.coupling import channel_groups, plain_copy
+from condensa.operators.params import baked_copy
+from condensa.surgery import shrink, shrink_with_report
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -186,7 +187,7 @@ def test_shrink_leaves_the_input_model_intact():
     before = pruned(x)
     shrink(pruned, x[:1])
     assert torch.equal(pruned(x), before)
-    assert plain_copy(pruned) is not pruned and torch.equal(pruned(x), before)
+    assert baked_copy(pruned) is not pruned and torch.equal(pruned(x), before)
 
 
 def test_channel_shuffle_groups_are_skipped_with_a_named_reason():
@@ -219,3 +220,28 @@ def test_unstructured_zeros_are_kept_when_not_removable():
     small, report = shrink_with_report(pruned, X32[:1])
     assert_same(pruned, small, X32)
     assert not report.applied
+
+
+def test_torch_pruning_private_api_is_still_there():
+    """The adapter patches Torch-Pruning's private index mapping; an upgrade that renames it must
+    fail here, loudly, rather than silently mis-map channels in users' exports."""
+    from condensa.coupling import torch_pruning_adapter
+
+    torch_pruning_adapter.check_private_api()
+    original = torch_pruning_adapter.index_mapping.update_concat_index_mapping
+    try:
+        del torch_pruning_adapter.index_mapping.update_concat_index_mapping
+        with pytest.raises(RuntimeError, match="update_concat_index_mapping"):
+            torch_pruning_adapter.check_private_api()
+    finally:
+        torch_pruning_adapter.index_mapping.update_concat_index_mapping = original
+
+
+def test_the_adapter_patch_is_removed_after_tracing():
+    from condensa.coupling import torch_pruning_adapter
+    from condensa.coupling.barriers import OpRecorder
+
+    original = torch_pruning_adapter.index_mapping.update_index_mapping
+    with torch_pruning_adapter.safe_index_mapping({}, OpRecorder()):
+        assert torch_pruning_adapter.index_mapping.update_index_mapping is not original
+    assert torch_pruning_adapter.index_mapping.update_index_mapping is original

@@ -41,6 +41,7 @@ class Splits:
 
 
 def digits_splits(seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Splits:
+    # scikit-learn costs 2 s of start-up that only the digits data needs
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

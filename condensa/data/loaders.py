@@ -15,6 +15,10 @@ from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError
 from .digits import Splits, digits_splits
+from .text import text_splits
+
+#: the data sets a config can name (``data.name``)
+DATA_SETS = ("digits", "cifar10", "imagefolder", "text")
 
 
 class _Indexed(Dataset):
@@ -51,6 +55,7 @@ def _require_dir(root: Any, name: str) -> Path:
 
 
 def _vision_splits(config: Any) -> Splits:
+    # torchvision costs 2 s of start-up that only image folders need
     import torchvision
     from torchvision import transforms as T
 
@@ -101,8 +106,6 @@ def load_splits(config: Any) -> Splits:
     elif config.name in ("cifar10", "imagefolder"):
         splits = _vision_splits(config)
     elif config.name == "text":
-        from .text import text_splits
-
         splits = text_splits(config)
     else:
         raise DataError(f"data.name: unknown data set {config.name!r}")

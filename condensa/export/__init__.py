@@ -1,16 +1,14 @@
-"""Shippable compression: structured surgery, packed safetensors checkpoints, ONNX.
+"""Shippable checkpoints: packed safetensors, a JSON manifest, ONNX; loading reads data only.
 
-* :func:`shrink` - physically remove pruned channels (Torch-Pruning dependency graph), outputs
-  unchanged.
-* :func:`save` / :func:`load` - ``model.safetensors`` in the encodings the footprint metric
-  costs, ``manifest.json`` (how to rebuild, hashes, versions), ``model.onnx`` checked with
-  onnxruntime. Loading never unpickles anything.
+* :func:`save` - ``model.safetensors`` in the encodings the footprint metric costs (after
+  structured surgery where the strategy removed channels), ``manifest.json`` (how to rebuild,
+  hashes, versions), ``model.onnx`` checked with onnxruntime (the ``onnx`` extra).
+* :func:`load` / :func:`verify` / :func:`read_tensors` - never unpickle anything.
 """
 
-from .checkpoint import HOW_TO_CONVERT, export_onnx, load, onnx_bytes, read_tensors, save, verify, versions
-from .surgery import ShrinkReport, apply_widths, shrink, shrink_with_report
+from ..io import HOW_TO_CONVERT
+from .load import load, read_tensors, verify
+from .onnx import export_onnx, onnx_bytes
+from .save import save
 
-__all__ = [
-    "save", "load", "verify", "read_tensors", "export_onnx", "onnx_bytes", "versions", "HOW_TO_CONVERT",
-    "shrink", "shrink_with_report", "ShrinkReport", "apply_widths",
-]
+__all__ = ["save", "load", "verify", "read_tensors", "export_onnx", "onnx_bytes", "HOW_TO_CONVERT"]

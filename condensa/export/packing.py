@@ -29,6 +29,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..metrics.footprint import TensorCost, tensor_cost
+from ..operators.params import dequantize_int
 from ..operators.prune import nm_groups, nm_ungroup
 
 DTYPES = {
@@ -37,6 +38,8 @@ DTYPES = {
     "bool": torch.bool,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+#: what decoding a malformed stream raises besides CheckpointError (numpy/torch shape and index errors)
+DECODE_ERRORS = (ValueError, IndexError, RuntimeError, TypeError, KeyError)
 
 
 # -- bit packing ------------------------------------------------------------------------------
@@ -306,8 +309,6 @@ def encode_tensor(effective: torch.Tensor, *, codes: torch.Tensor | None = None,
 
 def decode_tensor(meta: dict, entries: dict[str, torch.Tensor]) -> torch.Tensor:
     """Rebuild the effective tensor (integer codes dequantized exactly as ``FakeQuantize`` does)."""
-    from ..operators.params import dequantize_int
-
     try:
         shape = tuple(int(s) for s in meta["shape"])
         dtype = DTYPES[meta["dtype"]]

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..operators import params
+from ..operators.prune import nm_groups
+
 SCALE_BITS = 32
 
 
@@ -67,8 +70,6 @@ def _nm_pattern(tensor: torch.Tensor, nonzero: torch.Tensor, value_bits: int = 3
     pattern is not the cheapest one: cost each, ``n * (value_bits + ceil(log2 m)) / m`` bits per
     element, and keep the smallest (ties go to the earlier pattern).
     """
-    from ..operators.prune import nm_groups
-
     if tensor.dim() < 2:
         return None
     best = None
@@ -142,8 +143,6 @@ class Footprint:
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor the model stores, with masks and quantization applied, by state-dict name."""
-    from ..operators import params
-
     tensors = {}
     for name, tensor in model.state_dict().items():
         if ".parametrizations." in name or name.startswith("parametrizations."):  # the root may be parametrized
@@ -159,8 +158,6 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 def footprint(model: nn.Module, bits: dict[str, int] | None = None) -> Footprint:
     """Footprint of ``model``; ``bits`` gives value bits of quantized tensors (read from the model's
     quantizers when it is still parametrized, e.g. ``record.bits`` after ``finalize``)."""
-    from ..operators import params
-
     bits = dict(bits or {})
     bits.update(params.quant_bits(model))
     dtypes = params.quant_dtypes(model)

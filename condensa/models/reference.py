@@ -16,11 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..errors import CheckpointError, ModelError
-from ..recovery.finetune import TrainConfig, train
+from ..io import atomic_write_bytes
+from ..recovery.config import TrainConfig
+from ..recovery.train import train
 from .registry import build_model
+
+#: what reading a state dict raises on a corrupt or foreign file (besides UnpicklingError)
+READ_ERRORS = (SafetensorError, RuntimeError, ValueError, OSError, EOFError, KeyError, TypeError)
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
@@ -40,8 +47,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ModelError(f"model.checkpoint: file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -50,7 +55,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     except pickle.UnpicklingError as error:
         raise CheckpointError(f"model.checkpoint: {path} holds pickled objects beyond tensors, which weights_only=True "
                               "refuses (unpickling can run code); save a plain state_dict or a .safetensors file") from error
-    except Exception as error:  # noqa: BLE001
+    except READ_ERRORS as error:
         first = (str(error).strip().splitlines() or [""])[0]
         raise CheckpointError(f"model.checkpoint: cannot read {path} safely: {type(error).__name__}: {first}") from error
     try:
@@ -74,8 +79,6 @@ def train_reference(
     log=print,
 ) -> nn.Module:
     """Return the trained reference model, training it once and caching its weights."""
-    from safetensors.torch import load_file, save_file
-
     key = cache_key({"model": spec, "kwargs": kwargs, "data": data_key, "train": vars(config), "seed": seed, "v": 1})
     path = cache_dir(cache) / f"reference-{spec.replace('/', '_').replace(':', '_')}-{key}.safetensors"
     torch.manual_seed(seed)
@@ -84,12 +87,10 @@ def train_reference(
         try:
             model.load_state_dict(load_file(str(path)))
             return model.eval()
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is simply retrained
+        except (*READ_ERRORS, RuntimeError):  # a corrupt or stale cache entry is simply retrained
             path.unlink(missing_ok=True)
     log(f"training reference model {spec} ({config.epochs} epochs) -> cache {path.name}")
     train(model, splits.train, config, device=device, seed=seed)
     model.cpu()
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
     return model.eval()

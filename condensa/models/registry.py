@@ -7,15 +7,15 @@ name (``resnet18``; random init, weights are never downloaded), ``package.module
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..errors import ModelError
+from ..loading import is_file_spec, load_callable
+from .digits import DigitsCNN, DigitsMLP
+from .text import CharLSTM
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -30,32 +30,17 @@ def register(name: str) -> Callable:
 
 @register("digits_cnn")
 def _digits_cnn(**kwargs: Any) -> nn.Module:
-    from .digits import DigitsCNN
-
     return DigitsCNN(**kwargs)
 
 
 @register("digits_mlp")
 def _digits_mlp(**kwargs: Any) -> nn.Module:
-    from .digits import DigitsMLP
-
     return DigitsMLP(**kwargs)
 
 
 @register("char_lstm")
 def _char_lstm(**kwargs: Any) -> nn.Module:
-    from .text import CharLSTM
-
     return CharLSTM(**kwargs)
-
-
-def _load_file(path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(f"condensa_user_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ModelError(f"model: cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def resolve_factory(spec: str | Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -66,25 +51,9 @@ def resolve_factory(spec: str | Callable[..., nn.Module]) -> Callable[..., nn.Mo
         raise ModelError(f"model.name must be a non-empty string, got {spec!r}")
     if spec in REGISTRY:
         return REGISTRY[spec]
-    if ":" in spec:
-        target, _, attr = spec.rpartition(":")
-        try:
-            if target.endswith(".py"):
-                path = Path(target)
-                if not path.is_file():
-                    raise ModelError(f"model.name: file {target} does not exist")
-                module = _load_file(path)
-            else:
-                module = importlib.import_module(target)
-        except ModelError:
-            raise
-        except Exception as error:  # noqa: BLE001 - report any import failure in one line
-            raise ModelError(f"model.name: cannot import '{target}': {type(error).__name__}: {error}") from error
-        factory = getattr(module, attr, None)
-        if not callable(factory):
-            raise ModelError(f"model.name: '{target}' has no callable '{attr}'")
-        return factory
-    import torchvision
+    if ":" in spec or is_file_spec(spec):
+        return load_callable(spec, "model.name", error=ModelError)
+    import torchvision  # 2 s of start-up that only torchvision model names need
 
     if spec in torchvision.models.list_models():
         return lambda **kwargs: torchvision.models.get_model(spec, weights=None, **kwargs)
@@ -98,7 +67,7 @@ def build_model(spec: str | Callable[..., nn.Module], **kwargs: Any) -> nn.Modul
     factory = resolve_factory(spec)
     try:
         model = factory(**kwargs)
-    except Exception as error:  # noqa: BLE001 - a user factory can raise anything
+    except Exception as error:  # noqa: BLE001 - a user factory can raise anything; report it in one line
         raise ModelError(f"model factory '{spec}' raised {type(error).__name__}: {error}") from error
     if not isinstance(model, nn.Module):
         raise ModelError(f"model factory '{spec}' returned {type(model).__name__}, not an nn.Module")

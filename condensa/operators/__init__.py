@@ -1,14 +1,15 @@
 """Compression operators: composable, idempotent, applied to a copy of the model."""
 
-from .base import ApplyResult, Compose, LayerRecord, Operator, Record, Strategy, bind_checked
+from .base import ApplyResult, Compose, LayerRecord, Operator, Record, Strategy
 from .params import finalize, strip
-from .prune import BlockPrune, FilterPrune, NeuronPrune, NMPrune, Prune
+from .prune import BlockPrune, NMPrune, Prune
 from .quantize import Quantize
+from .structured import FilterPrune, NeuronPrune
 
 OPERATORS = {cls.__name__: cls for cls in (Prune, FilterPrune, NeuronPrune, BlockPrune, NMPrune, Quantize)}
 
 __all__ = [
-    "ApplyResult", "Compose", "LayerRecord", "Operator", "Record", "Strategy", "bind_checked",
+    "ApplyResult", "Compose", "LayerRecord", "Operator", "Record", "Strategy",
     "finalize", "strip", "Prune", "FilterPrune", "NeuronPrune", "BlockPrune", "NMPrune", "Quantize",
     "OPERATORS",
 ]

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import KnobError
+from ..errors import ConfigError, KnobError
 from ..knobs import Choice, KnobSpec, Range, check_value, is_open, knob_from_dict
 from . import params
 
@@ -102,6 +102,12 @@ class Strategy:
     def bind(self, values: Mapping[str, Any]) -> Strategy:
         raise NotImplementedError
 
+    def _check_known(self, values: Mapping[str, Any]) -> None:
+        """Refuse knob names that are not open knobs of this strategy (a typo binds nothing)."""
+        unknown = set(values) - set(self.knobs())
+        if unknown:
+            raise KnobError(f"unknown knob(s) {sorted(unknown)}; open knobs: {sorted(self.knobs())}")
+
     def _apply(self, model: nn.Module, touched: dict[str, list[str]]) -> None:
         raise NotImplementedError
 
@@ -152,9 +158,7 @@ class Operator(Strategy):
         return {f"{self.label}.{name}": getattr(self, name) for name in self.tunable if is_open(getattr(self, name))}
 
     def bind(self, values: Mapping[str, Any]) -> Operator:
-        unknown = set(values) - set(self.knobs())
-        if unknown:
-            raise KnobError(f"unknown knob(s) {sorted(unknown)}; open knobs: {sorted(self.knobs())}")
+        self._check_known(values)
         changes = {}
         for key, spec in self.knobs().items():
             if key in values:
@@ -208,9 +212,7 @@ class Compose(Strategy):
         return out
 
     def bind(self, values: Mapping[str, Any]) -> Compose:
-        unknown = set(values) - set(self.knobs())
-        if unknown:
-            raise KnobError(f"unknown knob(s) {sorted(unknown)}; open knobs: {sorted(self.knobs())}")
+        self._check_known(values)
         for key, spec in self.knobs().items():  # errors name the knob as the user wrote it (prune1.density)
             if key in values:
                 check_value(key, spec, values[key])
@@ -233,12 +235,22 @@ class Compose(Strategy):
         return iter(self.ops)
 
 
-def bind_checked(strategy: Strategy, values: Mapping[str, Any]) -> Strategy:
-    """Bind ``values``, refusing unknown names (used by the search and the config loader)."""
-    unknown = set(values) - set(strategy.knobs())
-    if unknown:
-        raise KnobError(f"unknown knob(s) {sorted(unknown)}; open knobs: {sorted(strategy.knobs())}")
-    return strategy.bind(values)
+def check_density(op: Operator, value: Any) -> None:
+    if is_open(value):
+        if value.low <= 0 or value.high > 1:  # type: ignore[union-attr]
+            raise ConfigError(f"{type(op).__name__}.density range must lie in (0, 1], got {value.describe()}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"{type(op).__name__}.density must be a number in (0, 1], got {value!r}")
+
+
+def check_choice(op: Operator, field_name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{type(op).__name__}.{field_name} must be one of {list(allowed)}, got {value!r}")
+
+
+def record_touch(touched: dict[str, list[str]], module_name: str, tensor_name: str, label: str) -> None:
+    touched.setdefault(f"{module_name}.{tensor_name}" if module_name else tensor_name, []).append(label)
 
 
 def parse_arg(value: Any, where: str) -> Any:

@@ -10,6 +10,7 @@ Each compressed tensor carries at most one :class:`Mask` (first) and one :class:
 
 from __future__ import annotations
 
+import copy
 import re
 
 import torch
@@ -220,6 +221,22 @@ def finalize(model: nn.Module) -> nn.Module:
         parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
         _refresh_rnn(module)
     return model
+
+
+def baked_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every parametrization baked in, ``model`` left untouched.
+
+    What tracing and surgery need: an ordinary module with the effective (masked, quantized)
+    values. Each parametrized module of the copy gets its own class first (see :func:`_own_class`).
+    """
+    replica = copy.deepcopy(model)
+    for module in replica.modules():
+        if parametrize.is_parametrized(module):
+            _own_class(module)
+            for tensor_name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+            _refresh_rnn(module)
+    return replica
 
 
 def strip(model: nn.Module) -> nn.Module:

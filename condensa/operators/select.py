@@ -34,6 +34,10 @@ WEIGHTED_TYPES: tuple[type, ...] = (
     nn.Embedding,
 )
 
+CONV_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: layers with output rows (filters / neurons) and an input dimension: structured and N:M pruning
+ROW_TYPES: tuple[type, ...] = (nn.Linear, *CONV_TYPES)
+
 _CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
 
 

@@ -1,4 +1,9 @@
-"""Recovery after compression: masked fine-tuning, L-C, label-preserving distillation."""
+"""Recovery after compression: masked fine-tuning, L-C, label-preserving distillation.
+
+:func:`recover` trains a compressed (parametrized) model back to accuracy with one training loop
+(:mod:`.train`); :mod:`.lc` runs learning-compression on top of it; :mod:`.losses` holds the
+label-preserving teacher-student loss.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import distributed
-from .config import RecoveryConfig
-from .finetune import TrainConfig, ce_loss, train
+from .. import distributed
+from .config import RecoveryConfig, TrainConfig
+from .lc import lc_recover
 from .losses import DistillLoss
+from .train import ce_loss, train
 
 
 def make_loss(config: RecoveryConfig) -> Callable:
@@ -53,15 +59,13 @@ def recover(
     elif not config.shuffle:
         loader = DataLoader(data, batch_size=config.batch_size, shuffle=False)
     if config.method == "lc":
-        from .lc import lc_recover
-
         if teacher is None:
             raise ValueError("recovery.method=lc starts from the reference model; pass it as teacher")
         return lc_recover(model, teacher, data, config, strategy=strategy, device=device, loss_fn=loss_fn, seed=seed,
                           progress=progress, loader=loader, wrap=wrap)
-    train(model, data, config.train_config(), device=device, loss_fn=loss_fn, teacher=teacher_for_loss, seed=seed,
+    train(model, data, config.training(), device=device, loss_fn=loss_fn, teacher=teacher_for_loss, seed=seed,
           progress=progress, loader=loader, wrap=wrap)
     return model
 
 
-__all__ = ["RecoveryConfig", "TrainConfig", "DistillLoss", "recover", "train", "make_loss", "distributed"]
+__all__ = ["RecoveryConfig", "TrainConfig", "DistillLoss", "recover", "train", "make_loss"]

@@ -17,8 +17,9 @@ result is the last C step: exactly compressed (masks and quantizers attached as 
 from __future__ import annotations
 
 import copy
-import itertools
+import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -26,7 +27,8 @@ from torch.utils.data import DataLoader
 
 from ..errors import RecoveryError
 from ..operators import params
-from .finetune import autocast, make_loader, make_optimizer
+from .config import RecoveryConfig
+from .train import make_loader, train
 
 
 def _compress(strategy, dense: nn.Module, shift: dict[str, torch.Tensor]) -> tuple[nn.Module, dict[str, torch.Tensor]]:
@@ -47,7 +49,7 @@ def lc_recover(
     model: nn.Module,
     teacher: nn.Module,
     data,
-    config,
+    config: RecoveryConfig,
     *,
     strategy,
     device: torch.device,
@@ -60,50 +62,43 @@ def lc_recover(
     """Run L-C from the reference weights; returns the strategy-applied model (parametrized).
 
     ``model`` (the once-compressed model) is only used for its architecture; L-C starts from the
-    dense reference weights, as the algorithm prescribes.
+    dense reference weights, as the algorithm prescribes. The L steps are one run of the training
+    loop (:func:`~condensa.recovery.train.train`, constant learning rate) with the L-C penalty
+    added to every step's loss; a C step and the multiplier update run after the first
+    ``mb_iterations_first_l`` steps and then every ``mb_iterations_per_l`` steps.
     """
     if strategy is None:
         raise RecoveryError("recovery.method=lc needs the strategy to re-apply in its C steps")
-    torch.manual_seed(seed)
     dense = copy.deepcopy(teacher).to(device).train()
     params.strip(dense)
     teacher = teacher.to(device).eval()
     _, theta = _compress(strategy, dense, {})
     names = list(theta)
     multipliers = {n: torch.zeros_like(theta[n]) for n in names}
-    mu = config.mu_init
-    trainable = wrap(dense) if wrap is not None else dense
-    optimizer = make_optimizer(trainable, config.train_config())
-    loader = loader or make_loader(data, config.batch_size, shuffle=True, seed=seed)
-    batches = itertools.cycle(loader) if not hasattr(loader.sampler, "set_epoch") else _epochs(loader)
-    for step in range(config.lc_steps):
-        iterations = config.mb_iterations_first_l if step == 0 else config.mb_iterations_per_l
-        running = 0.0
-        for _ in range(iterations):
-            inputs, labels = next(batches)
-            inputs, labels = inputs.to(device), labels.to(device)
-            with autocast(device, config.amp):
-                logits = trainable(inputs)
-                with torch.no_grad():
-                    teacher_logits = teacher(inputs)
-                loss = loss_fn(logits.float(), labels, teacher_logits.float())
-            penalty = sum(
-                (dense.get_parameter(n) - theta[n] - multipliers[n] / mu).pow(2).sum() for n in names
-            )
-            total = loss + 0.5 * mu * penalty
-            if not torch.isfinite(total):
-                raise RecoveryError(f"L-C diverged: loss is {total.item()} at L step {step + 1}; lower recovery.lr or mu_init")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            running += float(loss.detach())
+    state = {"mu": config.mu_init}
+    c_steps = {config.mb_iterations_first_l + i * config.mb_iterations_per_l for i in range(config.lc_steps)}
+    total = max(c_steps)
+
+    def penalty() -> torch.Tensor:
+        mu = state["mu"]
+        return 0.5 * mu * sum((dense.get_parameter(n) - theta[n] - multipliers[n] / mu).pow(2).sum() for n in names)
+
+    def c_step(step: int) -> None:
+        nonlocal theta
+        if step not in c_steps:
+            return
+        mu = state["mu"]
         with torch.no_grad():
             _, theta = _compress(strategy, dense, {n: multipliers[n] / mu for n in names})
             for n in names:
                 multipliers[n] -= mu * (dense.get_parameter(n).detach() - theta[n])
-        mu = min(mu * config.mu_multiplier, config.mu_cap)
-        if progress is not None:
-            progress(step + 1, running / max(1, iterations))
+        state["mu"] = min(mu * config.mu_multiplier, config.mu_cap)
+
+    loader = loader or make_loader(data, config.batch_size, shuffle=True, seed=seed)
+    schedule = replace(config.training(), epochs=math.ceil(total / max(1, len(loader))), max_steps=total)
+    train(dense, data, schedule, device=device, loss_fn=loss_fn, teacher=teacher, seed=seed, progress=progress,
+          loader=loader, wrap=wrap, penalty=penalty, after_step=c_step, schedule="constant")
+    mu = state["mu"]
     final, _ = _compress(strategy, dense, {n: multipliers[n] / mu for n in names})
     recalibrate_batchnorm(final, loader, device)
     return final.eval()
@@ -131,11 +126,3 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.de
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.eval()
-
-
-def _epochs(loader: DataLoader):
-    epoch = 0
-    while True:
-        loader.sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1

@@ -12,6 +12,8 @@ from typing import Any
 
 import matplotlib
 
+from ..search import constraint_band
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -30,27 +32,18 @@ def _save(fig, path: Path) -> Path:
 
 
 def _gp_band(xs: list[float], ys: list[float], log: bool, bound: float):
-    """Posterior mean and 2-sigma band of the search's own constraint model (a GP on
-    ``bilog(value - bound)``, see :mod:`condensa.search.bo`), mapped back to metric units."""
-    import torch
-
-    from ..search import bo
-
+    """Posterior mean and 2-sigma band of the search's own constraint model along the knob."""
     tx = [math.log(x) if log else x for x in xs]
     lo, hi = min(tx), max(tx)
-    if hi <= lo or len(xs) < 3:
+    if hi <= lo:
         return None
-    train_x = torch.tensor([(t - lo) / (hi - lo) for t in tx], dtype=bo.DTYPE).unsqueeze(-1)
-    train_y = bo.bilog(torch.tensor(ys, dtype=bo.DTYPE) - bound)
-    grid = torch.linspace(0, 1, 200, dtype=bo.DTYPE).unsqueeze(-1)
-    mean, std = bo.posterior(bo.fit_gp(train_x, train_y, seed=0), grid)
-
-    def back(z: torch.Tensor) -> list[float]:
-        return (bo.bilog_inverse(z) + bound).tolist()
-
-    grid_x = [lo + g * (hi - lo) for g in grid.squeeze(-1).tolist()]
+    grid = [i / 199 for i in range(200)]
+    band = constraint_band([(t - lo) / (hi - lo) for t in tx], ys, bound, grid)
+    if band is None:
+        return None
+    grid_x = [lo + g * (hi - lo) for g in grid]
     grid_x = [math.exp(g) for g in grid_x] if log else grid_x
-    return grid_x, back(mean), back(mean - 2 * std), back(mean + 2 * std)
+    return (grid_x, *band)
 
 
 def search_trace(result: dict[str, Any], out: Path) -> Path | None:

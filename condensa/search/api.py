@@ -15,14 +15,36 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, RecoveryError, SearchError
+from ..errors import ConfigError, EvaluationError, SearchError
 from . import baselines, bo
 from .journal import Journal
-from .objectives import Constraint, Objective
+from .objectives import DIRECTIONS, Constraint, Objective
 from .space import Space
 
-METHODS = ("bo", "random", "grid", "bisection")
+SEARCH_METHODS = ("bo", "random", "grid", "bisection")
 RECOMMEND = ("model", "observed")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_settings(*, budget: Any = 10, method: Any = "bo", recommend: Any = "model", n_init: Any = None,
+                   seed: Any = 0, direction: Any = "minimize", where: str = "search") -> None:
+    """Validate search settings (the config's ``search`` section and :func:`search`'s arguments);
+    raises :class:`ConfigError` naming ``where.field`` and what is allowed."""
+    if not _is_int(budget) or budget < 1:
+        raise ConfigError(f"{where}.budget: must be an integer >= 1, got {budget!r}")
+    if method not in SEARCH_METHODS:
+        raise ConfigError(f"{where}.method: must be one of {list(SEARCH_METHODS)}, got {method!r}")
+    if recommend not in RECOMMEND:
+        raise ConfigError(f"{where}.recommend: must be one of {list(RECOMMEND)}, got {recommend!r}")
+    if n_init is not None and (not _is_int(n_init) or n_init < 1):
+        raise ConfigError(f"{where}.n_init: must be an integer >= 1, got {n_init!r}")
+    if not _is_int(seed):
+        raise ConfigError(f"{where}.seed: must be an integer, got {seed!r}")
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"{where}.direction: must be one of {list(DIRECTIONS)}, got {direction!r}")
 
 
 @dataclass
@@ -153,11 +175,11 @@ def search(
 ) -> SearchResult:
     """Search ``strategy``'s open knobs; see :mod:`condensa.search.bo` for the algorithm.
 
-    ``evaluate(bound_strategy)`` returns validation metrics; a :class:`RecoveryError` it raises
-    is recorded as a failed evaluation (infeasible) and the search goes on. ``budget`` is the
+    ``evaluate(bound_strategy)`` returns validation metrics; an :class:`EvaluationError` it raises
+    (e.g. recovery diverged) is recorded as a failed evaluation (infeasible) and the search goes on. ``budget`` is the
     total number of evaluations, the initial design included. ``method`` is ``"bo"`` or a
     baseline: ``"random"``, ``"grid"``, ``"bisection"`` (one knob, monotone problems).
-    With ``journal`` (a path) every finished evaluation is appended to that file, and a later
+    With ``journal`` (a path, or a :class:`Journal`) every finished evaluation is appended to that file, and a later
     call with the same journal and config (``fingerprint`` plus the search settings, budget
     excluded) loads the finished evaluations and continues to the budget. ``on_evaluation
     (evaluation, result_so_far)`` is called after each evaluation, also for those loaded from the
@@ -166,21 +188,10 @@ def search(
     judge over the bound (lucky noise); use ``"observed"`` when ``evaluate`` is noiseless.
     """
     if isinstance(objective, str):
-        from .objectives import objective as make_objective
-
-        objective = make_objective(objective)
+        objective = Objective(objective)
     if not isinstance(objective, Objective):
         raise ConfigError(f"search.objective: expected an Objective or a metric name, got {objective!r}")
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ConfigError(f"search.budget: must be an integer >= 1, got {budget!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"search.seed: must be an integer, got {seed!r}")
-    if n_init is not None and (isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1):
-        raise ConfigError(f"search.n_init: must be an integer >= 1, got {n_init!r}")
-    if method not in METHODS:
-        raise ConfigError(f"search.method: must be one of {list(METHODS)}, got {method!r}")
-    if recommend not in RECOMMEND:
-        raise ConfigError(f"search.recommend: must be one of {list(RECOMMEND)}, got {recommend!r}")
+    check_settings(budget=budget, method=method, recommend=recommend, n_init=n_init, seed=seed)
     constraints = list(constraints)
     for c in constraints:
         if not isinstance(c, Constraint):
@@ -202,7 +213,7 @@ def search(
         return cheap_cache[key]
 
     evaluations: list[Evaluation] = []
-    store = Journal(journal) if journal is not None else None
+    store = journal if isinstance(journal, Journal) or journal is None else Journal(journal)
     if store is not None:
         settings = {"objective": objective.describe(), "constraints": [c.describe() for c in constraints],
                     "method": method, "seed": seed, "n_init": n_init}
@@ -286,7 +297,7 @@ def _run_one(strategy, values, evaluate, objective, constraints, step, method) -
     start = time.perf_counter()
     try:
         metrics = evaluate(strategy.bind(values))
-    except RecoveryError as error:
+    except EvaluationError as error:
         return Evaluation(step, values, {}, [math.inf] * len(constraints), None, False, "failed",
                           " ".join(str(error).split()), time.perf_counter() - start, method)
     seconds = time.perf_counter() - start

@@ -114,10 +114,15 @@ def initial_design(space: Space, n: int, seed: int) -> list[list[float]]:
 def fit_gp(x: torch.Tensor, y: torch.Tensor, seed: int):
     """A fitted ``SingleTaskGP`` on ``x`` (n x d in [0,1]) and ``y`` (n), without touching the
     caller's global RNG."""
-    from botorch.fit import fit_gpytorch_mll
-    from botorch.models import SingleTaskGP
-    from botorch.models.transforms import Standardize
-    from gpytorch.mlls import ExactMarginalLogLikelihood
+    with warnings.catch_warnings():  # gpytorch's import calls torch.jit.script (a FutureWarning nobody can act on)
+        warnings.simplefilter("ignore", FutureWarning)
+        # botorch and gpytorch cost ~0.7 s of start-up that only a BO step needs (every command loads the search)
+        from botorch.exceptions.errors import ModelFittingError
+        from botorch.fit import fit_gpytorch_mll
+        from botorch.models import SingleTaskGP
+        from botorch.models.transforms import Standardize
+        from gpytorch.mlls import ExactMarginalLogLikelihood
+        from linear_operator.utils.errors import NotPSDError
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -127,7 +132,7 @@ def fit_gp(x: torch.Tensor, y: torch.Tensor, seed: int):
             mll = ExactMarginalLogLikelihood(model.likelihood, model)
             try:
                 fit_gpytorch_mll(mll)
-            except Exception:  # noqa: BLE001 - an unfitted GP still carries sensible priors
+            except (ModelFittingError, NotPSDError, RuntimeError):  # an unfitted GP still carries sensible priors
                 pass
     model.eval()
     return model
@@ -292,3 +297,23 @@ def cheap_estimate(space: Space, cheap_loss: Callable[[list[float]], float], can
     values = torch.tensor([cheap_loss(p) for p in points.tolist()], dtype=DTYPE)
     mean, _ = posterior(fit_gp(points, values, step_seed(seed, step, 6)), cand)
     return mean
+
+
+def constraint_band(x: Sequence[float], values: Sequence[float], upper: float, at: Sequence[float],
+                    seed: int = 0) -> tuple[list[float], list[float], list[float]] | None:
+    """The search's constraint model for one knob, for plotting: ``(mean, low, high)`` at ``at``.
+
+    ``x`` and ``at`` are knob values in the unit interval, ``values`` the measured constraint
+    values; the model is the GP on ``bilog(value - upper)`` the search uses, and the band is its
+    posterior mean +- 2 sigma mapped back to metric units. None with fewer than 3 points.
+    """
+    if len(x) < 3:
+        return None
+    train_x = torch.tensor(list(x), dtype=DTYPE).unsqueeze(-1)
+    train_y = bilog(torch.tensor(list(values), dtype=DTYPE) - upper)
+    mean, std = posterior(fit_gp(train_x, train_y, seed), torch.tensor(list(at), dtype=DTYPE).unsqueeze(-1))
+
+    def back(z: torch.Tensor) -> list[float]:
+        return (bilog_inverse(z) + upper).tolist()
+
+    return back(mean), back(mean - 2 * std), back(mean + 2 * std)

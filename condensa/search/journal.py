@@ -48,10 +48,15 @@ def _short(value: Any) -> str:
 
 
 class Journal:
-    """Append-only JSON-lines record of a search."""
+    """Append-only JSON-lines record of a search.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    ``writable=False`` reads and checks the journal but never writes it: under ``torchrun`` every
+    rank runs the same search and only rank 0 may write.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, writable: bool = True) -> None:
         self.path = Path(path)
+        self.writable = writable
 
     def read(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """``(header, evaluations)``; a torn final line is ignored (and removed on the next append)."""
@@ -88,10 +93,8 @@ class Journal:
         if header is None:
             if rows:
                 raise SearchError(f"{self.path}: evaluations without a header; the journal is corrupt")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            from ..recovery.distributed import is_main_process
-
-            if is_main_process():
+            if self.writable:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.path.write_text("")
             self._good_bytes = 0
             self._append({"type": "header", "version": 1, **wanted})
@@ -108,9 +111,7 @@ class Journal:
         self._append({"type": "evaluation", "evaluation": evaluation})
 
     def _append(self, record: dict[str, Any]) -> None:
-        from ..recovery.distributed import is_main_process
-
-        if not is_main_process():  # under torchrun only rank 0 writes; all ranks run the same search
+        if not self.writable:
             return
         line = json.dumps(record, default=json_default, allow_nan=True) + "\n"
         good = getattr(self, "_good_bytes", None)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-BUILTIN_OBJECTIVES = {"footprint": "footprint_bytes", "flops": "flops_effective", "latency": "latency_ms"}
+DIRECTIONS = ("minimize", "maximize")
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class Objective:
     cheap: Callable[[dict], float] | None = None
 
     def __post_init__(self) -> None:
-        if self.direction not in ("minimize", "maximize"):
-            raise ConfigError(f"objective direction must be 'minimize' or 'maximize', got {self.direction!r}")
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f"search.direction: must be one of {list(DIRECTIONS)}, got {self.direction!r}")
 
     @property
     def sign(self) -> float:
@@ -46,11 +46,6 @@ class Objective:
 
     def describe(self) -> dict[str, Any]:
         return {"metric": self.metric, "direction": self.direction, "cheap": self.cheap is not None}
-
-
-def objective(name: str, direction: str = "minimize", cheap: Callable[[dict], float] | None = None) -> Objective:
-    """``footprint`` -> bytes, ``flops`` -> effective FLOPs, ``latency`` -> ms; anything else is a metric key."""
-    return Objective(BUILTIN_OBJECTIVES.get(name, name), direction, cheap)
 
 
 @dataclass(frozen=True)

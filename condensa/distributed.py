@@ -12,6 +12,8 @@ import os
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
 
 
 def world_size() -> int:
@@ -45,13 +47,9 @@ def init_from_env(device: torch.device) -> bool:
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DDP around ``model`` (parametrized masks and quantizers are ordinary submodules to DDP)."""
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 
 
 def sampler(data, *, shuffle: bool, seed: int):
-    from torch.utils.data.distributed import DistributedSampler
-
     return DistributedSampler(data, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed)

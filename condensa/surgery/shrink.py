@@ -8,7 +8,7 @@ the result is an ordinary ``nn.Module`` of the same class with smaller layers, w
 on any hardware and exports to ONNX as is.
 
 The coupling analysis and the per-layer removal functions come from Torch-Pruning's
-``DependencyGraph`` (see :mod:`condensa.operators.coupling` for why): it is the field's standard
+``DependencyGraph`` (see :mod:`condensa.coupling` for why): it is the field's standard
 tool for exactly this and handles the graph patterns above out of the box.
 
 **Equality guarantee.** In the masked model a channel can only be removed without changing the
@@ -55,8 +55,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..coupling import CONVS, NORMS, TRACE_ERRORS, ChannelGroup, CouplingGraph, infer_example_input
 from ..errors import ModelError
-from ..operators.coupling import _CONVS, _NORMS, ChannelGroup, CouplingGraph, infer_example_input, plain_copy
+from ..operators.params import baked_copy
 
 _WIDTH_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
 
@@ -202,7 +203,7 @@ def _tensor_keep(name: str, module: nn.Module, keep_out: list[int] | None, keep_
     changed_out = keep_out is not None and len(keep_out) != full_out
     changed_in = keep_in is not None and len(keep_in) != full_in
     prefix = f"{name}." if name else ""
-    if isinstance(module, _NORMS):
+    if isinstance(module, NORMS):
         if changed_out:
             for t in ("weight", "bias", "running_mean", "running_var"):
                 if getattr(module, t, None) is not None:
@@ -250,7 +251,7 @@ def shrink_with_report(
             )
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise ModelError(f"structured surgery: round_to must be a positive integer, got {round_to!r}")
-    work = plain_copy(model).eval()
+    work = baked_copy(model).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         graph = CouplingGraph(work, example_input)
@@ -258,13 +259,13 @@ def shrink_with_report(
     modules = dict(work.named_modules())
     before = {name: _widths(m) for name, m in modules.items()}
     full_out = {name: m.weight.shape[0] for name, m in modules.items()
-                if isinstance(m, (*_CONVS, nn.Linear, *_NORMS)) and getattr(m, "weight", None) is not None}
+                if isinstance(m, (*CONVS, nn.Linear, *NORMS)) and getattr(m, "weight", None) is not None}
     for name, m in modules.items():
-        if isinstance(m, _NORMS) and m.weight is None:
+        if isinstance(m, NORMS) and m.weight is None:
             full_out[name] = m.num_features
-    full_in = {name: m.weight.shape[1] * (m.groups if isinstance(m, _CONVS) else 1)
-               for name, m in modules.items() if isinstance(m, (*_CONVS, nn.Linear))}
-    conv_groups = {name: m.groups for name, m in modules.items() if isinstance(m, _CONVS)}
+    full_in = {name: m.weight.shape[1] * (m.groups if isinstance(m, CONVS) else 1)
+               for name, m in modules.items() if isinstance(m, (*CONVS, nn.Linear))}
+    conv_groups = {name: m.groups for name, m in modules.items() if isinstance(m, CONVS)}
 
     report = ShrinkReport()
     plan: list[tuple[ChannelGroup, list[int]]] = []
@@ -292,7 +293,7 @@ def shrink_with_report(
     for group, remove in plan:
         try:
             executed = graph.prune(group, remove)
-        except Exception as error:  # noqa: BLE001 - name the group Torch-Pruning failed on
+        except TRACE_ERRORS as error:  # name the group Torch-Pruning failed on
             raise ModelError(
                 f"structured surgery: removing channels of group {group.describe()} failed: "
                 f"{type(error).__name__}: {error}"
@@ -332,7 +333,7 @@ def shrink_with_report(
 def _compare(reference: list[torch.Tensor], model: nn.Module, example_input: Any) -> tuple[float, float, str | None]:
     try:
         got = _outputs(model, example_input)
-    except Exception as error:  # noqa: BLE001 - e.g. a hard-coded view no longer fits
+    except TRACE_ERRORS as error:  # e.g. a hard-coded view no longer fits
         return math.inf, 0.0, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     diff, allowed = _max_diff(reference, got)
     return diff, allowed, None
@@ -342,7 +343,7 @@ def _find_culprit(model: nn.Module, example_input: Any, plan: list[tuple[Channel
                   reference: list[torch.Tensor]) -> str:
     """Replay the plan group by group to name the first group whose removal changes outputs."""
     try:
-        work = plain_copy(model).eval()
+        work = baked_copy(model).eval()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph = CouplingGraph(work, example_input)
@@ -353,7 +354,7 @@ def _find_culprit(model: nn.Module, example_input: Any, plan: list[tuple[Channel
             if not diff <= allowed:
                 return (f"removing channels of group {group.describe()} breaks the model: the forward uses them in a "
                         "way the dependency graph does not see (e.g. a hard-coded shape) or they are not zero everywhere")
-    except Exception as error:  # noqa: BLE001 - best effort diagnosis
+    except (*TRACE_ERRORS, ModelError) as error:  # best effort diagnosis
         return f"could not isolate the group ({type(error).__name__}: {error})"
     return "no single group is responsible"
 

@@ -1,52 +1,26 @@
-"""Masked fine-tuning: the baseline recovery after compression.
+"""The one training loop: masked fine-tuning, L-C's L steps, reference and memorization models.
 
-Masks and fake quantizers are parametrizations, so the ordinary training loop below keeps pruned
-weights at exactly zero and trains through quantization (straight-through). Cosine learning rate,
-SGD or Adam, device-agnostic, optional autocast. The same loop trains the reference models.
+Masks and fake quantizers are parametrizations, so this ordinary loop keeps pruned weights at
+exactly zero and trains through quantization (straight-through). Cosine (or constant) learning
+rate, SGD or Adam, device-agnostic, optional autocast, DDP through ``wrap``, progress per epoch,
+and a NaN/inf loss raised as :class:`~condensa.errors.RecoveryError`. L-C adds its penalty with
+``penalty`` and runs its C steps from ``after_step``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, RecoveryError
-
-OPTIMIZERS = ("adam", "sgd")
-AMP_MODES = ("none", "bf16", "fp16")
+from .config import TrainConfig
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of a training run (units: epochs, learning rate, examples per batch)."""
-
-    epochs: int = 8
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    batch_size: int = 64
-    amp: str = "none"
-    max_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"recovery.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"recovery.amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
-        if not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ConfigError(f"recovery.epochs must be an integer >= 0, got {self.epochs!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ConfigError(f"recovery.lr must be a number > 0, got {self.lr!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"recovery.batch_size must be an integer >= 1, got {self.batch_size!r}")
+SCHEDULES = ("cosine", "constant")
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,16 +57,21 @@ def train(
     teacher: nn.Module | None = None,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
-    step_hook: Callable[[nn.Module], torch.Tensor | None] | None = None,
     loader: DataLoader | None = None,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    schedule: str = "cosine",
 ) -> nn.Module:
-    """Train ``model`` in place with a cosine schedule; returns it in eval mode.
+    """Train ``model`` in place for ``min(epochs * batches, max_steps)`` steps; returns it in eval mode.
 
-    ``teacher`` (frozen, eval mode) provides teacher logits to ``loss_fn``; ``step_hook(model)``
-    may return an extra loss term (the L-C penalty uses it). A NaN or inf loss raises
+    ``teacher`` (frozen, eval mode) provides teacher logits to ``loss_fn``; ``penalty()`` is added
+    to every step's loss and ``after_step(steps_done)`` runs after every optimizer step (L-C uses
+    both). ``schedule``: ``cosine`` decay to zero or ``constant``. A NaN or inf loss raises
     :class:`RecoveryError` so a search can record the evaluation as failed and go on.
     """
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule: must be one of {list(SCHEDULES)}, got {schedule!r}")
     torch.manual_seed(seed)
     model.to(device).train()
     if teacher is not None:
@@ -104,7 +83,10 @@ def train(
         total_steps = min(total_steps, config.max_steps)
     optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" and device.type == "cuda" else None
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    if schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     step = 0
     for epoch in range(config.epochs):
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -121,10 +103,8 @@ def train(
                     with torch.no_grad():
                         teacher_logits = teacher(inputs)
                 loss = loss_fn(logits.float(), labels, None if teacher_logits is None else teacher_logits.float())
-            if step_hook is not None:
-                extra = step_hook(model)
-                if extra is not None:
-                    loss = loss + extra
+            if penalty is not None:
+                loss = loss + penalty()
             if not torch.isfinite(loss):
                 raise RecoveryError(f"recovery diverged: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower recovery.lr")
             optimizer.zero_grad(set_to_none=True)
@@ -139,6 +119,8 @@ def train(
             running += float(loss.detach()) * len(labels)
             count += len(labels)
             step += 1
+            if after_step is not None:
+                after_step(step)
         if progress is not None:
             progress(epoch + 1, running / max(1, count))
         if step >= total_steps:

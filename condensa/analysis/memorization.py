@@ -11,15 +11,21 @@ Mann-Whitney U test.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from scipy.stats import mannwhitneyu
 from torch.utils.data import Subset
 
-from ..recovery.finetune import TrainConfig, train
-from .accuracy import predict
+from ..io import atomic_write_json
+from ..metrics.accuracy import predict
+from ..models.reference import cache_dir, cache_key
+from ..models.registry import build_model
+from ..recovery.config import TrainConfig
+from ..recovery.train import train
 
 
 def memorization_scores(
@@ -37,12 +43,6 @@ def memorization_scores(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[int, float]:
     """``{example id: memorization score}`` over the training split (cached on disk)."""
-    import json
-
-    from ..io import atomic_write_json
-    from ..models.reference import cache_dir, cache_key
-    from ..models.registry import build_model
-
     key = cache_key({"mem": 1, "spec": spec, "kwargs": kwargs, "train": vars(config), "models": models,
                      "fraction": fraction, "seed": seed, "data": data_key, "n": len(train_data)})
     path = cache_dir(cache) / f"memorization-{key}.json"
@@ -85,8 +85,6 @@ def _correct(model, data, device) -> torch.Tensor:
 def memorization_vs_flips(scores: dict[int, float], flipped_ids: Sequence[int]) -> dict[str, Any]:
     """Do flipped examples have higher memorization than the rest? Means and a one-sided
     Mann-Whitney U test (alternative: flipped > others)."""
-    from scipy.stats import mannwhitneyu
-
     flipped = set(int(i) for i in flipped_ids)
     flipped_scores = [s for i, s in scores.items() if i in flipped]
     other_scores = [s for i, s in scores.items() if i not in flipped]

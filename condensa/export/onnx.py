@@ -1,0 +1,117 @@
+"""ONNX export of a (shrunk, baked) model, checked against torch with onnxruntime.
+
+``onnx``, ``onnxruntime`` and ``onnxscript`` are the ``condensa[onnx]`` extra; they are imported
+only when an ONNX file is written, so the rest of condensa works without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import io as files
+from ..errors import ModelError
+from ..extras import require
+from .manifest import sha256
+
+#: what the TorchScript and dynamo exporters raise on a model they cannot export
+EXPORT_ERRORS = (RuntimeError, TypeError, ValueError, AttributeError, NotImplementedError, AssertionError,
+                 IndexError, KeyError)
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence file descriptor 1 (C++ writes included) for the duration of the block."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no real fd 1 (e.g. some notebooks): do nothing
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def onnx_bytes(model: nn.Module, example_input: torch.Tensor, output_names: list[str] | None = None) -> tuple[bytes, str]:
+    """Serialized ONNX of ``model`` with a dynamic batch dimension: ``(bytes, exporter)``.
+
+    Tries the TorchScript exporter first (fast, self-contained), then the dynamo exporter (which
+    handles e.g. adaptive pooling to a non-divisor size); raises ``ModelError`` if both fail.
+    """
+    require("onnx", "onnxscript")
+    model = model.eval()
+    x = example_input.detach()
+    output_names = output_names or ["output"]
+    errors = []
+    for kind in ("torchscript", "dynamo"):
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                if kind == "torchscript":
+                    buffer = io.BytesIO()
+                    with _quiet_stdout():  # on failure the exporter dumps the whole IR graph to fd 1
+                        torch.onnx.export(
+                            model, (x,), buffer, dynamo=False, input_names=["input"], output_names=output_names,
+                            dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in output_names}}, opset_version=17,
+                        )
+                    return buffer.getvalue(), kind
+                program = torch.onnx.export(
+                    model, (x,), dynamo=True, input_names=["input"], output_names=output_names, verbose=False,
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},),
+                )
+                return program.model_proto.SerializeToString(), kind
+        except EXPORT_ERRORS as error:  # try the other exporter, report both on failure
+            message = str(error).strip().splitlines()
+            errors.append(f"{kind}: {type(error).__name__}: {message[0] if message else ''}")
+    raise ModelError("ONNX export failed: " + "; ".join(errors))
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> dict[str, Any]:
+    """Export ``model`` to ONNX (batch dimension dynamic), check it against torch with onnxruntime
+    on ``example_input``, and write it atomically.
+
+    Returns ``{"exporter", "opset", "max_abs_diff", "bytes", "sha256", ...}``.
+    """
+    require("onnx", "onnxruntime", "onnxscript")
+    import onnx  # the [onnx] extra: imported only when an ONNX file is written
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    model = model.eval()
+    x = example_input.detach()
+    with torch.no_grad():
+        reference = model(x)
+    outputs = reference if isinstance(reference, (list, tuple)) else (reference,)
+    names = [f"output{i}" for i in range(len(outputs))] if len(outputs) > 1 else ["output"]
+    data, exporter = onnx_bytes(model, x, names)
+    opset = next((o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx")), None)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    ort_errors = (ort_state.Fail, ort_state.InvalidGraph, ort_state.InvalidArgument, ort_state.RuntimeException,
+                  ort_state.NotImplemented)
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})
+    except ort_errors as error:
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ModelError(f"onnxruntime cannot run the exported model ({type(error).__name__}: {first})") from None
+    diff = max(float((torch.from_numpy(g) - o.detach().cpu()).abs().max()) for g, o in zip(got, outputs, strict=True))
+    files.atomic_write_bytes(path, data)
+    return {"exporter": exporter, "opset": opset, "max_abs_diff": diff, "bytes": len(data), "sha256": sha256(data),
+            "input_shape": list(x.shape), "checked_with": f"onnxruntime {ort.__version__}"}
+
+
+__all__ = ["onnx_bytes", "export_onnx"]
