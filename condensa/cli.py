@@ -40,6 +40,10 @@ EXAMPLES = {
 }
 
 
+TRUST_HELP = ("allow the folder's config.json / manifest.json to name code to import (a model.name such as "
+              "pkg.module:function or file.py:function); without it such a folder is refused and nothing runs")
+
+
 def _common(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
     if config:
         parser.add_argument("config", help="YAML config file")
@@ -71,10 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("run_dir", help="output folder of 'condensa search' or 'condensa compress'")
             _common(sub, config=False)
             sub.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
+            sub.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
         elif name == "eval":
             sub.add_argument("export_dir", help="folder written by 'condensa export'")
             sub.add_argument("--split", choices=["val", "test"], default="test")
             sub.add_argument("--device", choices=["auto", "cpu", "cuda"])
+            sub.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
             _common(sub, config=False)
         elif name == "report":
             sub.add_argument("run_dir", help="output folder of 'condensa search' or 'condensa compress'")
@@ -102,9 +108,11 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "search":
         commands.run_search(_load(args), out=args.out, config_path=args.config, quiet=args.quiet, log=log)
     elif args.command == "export":
-        commands.export(args.run_dir, out=args.out, onnx=not args.no_onnx, quiet=args.quiet, log=log)
+        commands.export(args.run_dir, out=args.out, onnx=not args.no_onnx, trust_code=args.trust_code, quiet=args.quiet,
+                        log=log)
     elif args.command == "eval":
-        commands.evaluate_export(args.export_dir, split=args.split, device=args.device, out=args.out, quiet=args.quiet, log=log)
+        commands.evaluate_export(args.export_dir, split=args.split, device=args.device, out=args.out,
+                                 trust_code=args.trust_code, quiet=args.quiet, log=log)
     elif args.command == "report":
         commands.report(args.run_dir, out=args.out, quiet=args.quiet, log=log)
     return 0

@@ -18,11 +18,11 @@ from .config import Config
 from .data.loaders import data_key, load_splits
 from .distributed import is_main_process
 from .errors import KnobError
-from .export import load, save
+from .export import load, republish
 from .extras import require
 from .io import atomic_write_json
+from .loading import reading_file
 from .metrics import mismatches, predict
-from .operators import params
 from .pipeline import Workspace, result_summary
 from .progress import Progress
 from .recovery import TrainConfig
@@ -71,7 +71,7 @@ def compress(config: Config, *, out: str | None = None, config_path: str | None 
     }
     if memorization is not None:
         result["memorization"] = memorization
-    runs.write_outputs(out_dir, config, result, evaluation.model)
+    runs.write_outputs(out_dir, config, result, evaluation, workspace.example_input(1).cpu())
     if not quiet:
         log(f"compressed {config.model.name} with {type(strategy).__name__} -> {out_dir}")
         log(summary_table(test))
@@ -158,14 +158,13 @@ def run_search(config: Config, *, out: str | None = None, config_path: str | Non
         "device": str(workspace.device),
         "versions": versions(),
     }
-    model = None
+    final = None
     if result.feasible:
         best = strategy.bind(result.best_knobs)
         recovery = workspace.recovery_config()
         epoch_bar, update = _epoch_progress("final recovery", max(1, getattr(recovery, "epochs", 1)), quiet)
         with epoch_bar:
             final = workspace.evaluate(best, split="test", progress=update)
-        model = final.model
         summary.update(result_summary(final.metrics))
         summary.update({
             "strategy": best.to_dict(),
@@ -179,7 +178,7 @@ def run_search(config: Config, *, out: str | None = None, config_path: str | Non
     else:
         summary["strategy"] = strategy.to_dict()
     summary["seconds"] = time.perf_counter() - start
-    runs.write_outputs(out_dir, config, summary, model)
+    runs.write_outputs(out_dir, config, summary, final, workspace.example_input(1).cpu())
     if not quiet:
         log(evaluations_table(result.evaluations, metric, result.set_aside))
         if result.feasible:
@@ -192,41 +191,39 @@ def run_search(config: Config, *, out: str | None = None, config_path: str | Non
     return summary
 
 
-def export(run_dir: str | Path, *, out: str | None = None, onnx: bool = True, quiet: bool = False,
-           log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write a packed checkpoint (model.safetensors + manifest.json + model.onnx) for a run."""
+def export(run_dir: str | Path, *, out: str | None = None, onnx: bool = True, trust_code: bool = False,
+           quiet: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Copy a run's packed checkpoint to an export folder and add ``model.onnx`` (QDQ for int weights)."""
     if onnx:
         require("onnx", "onnxruntime", "onnxscript")
     run_dir = Path(run_dir)
-    model, config, result = runs.load_compressed(run_dir)
+    model, manifest, config, _ = runs.load_compressed(run_dir, trust_code=trust_code)
     out_dir = Path(out) if out else run_dir.with_name(run_dir.name + "-export")
-    splits = load_splits(config.data)
-    example = splits.val[0][0].unsqueeze(0)
-    manifest = save(model, out_dir, strategy=result.get("strategy"), record=result.get("record"), knobs=result.get("knobs"),
-                    metrics=result.get("test"), model_factory={"name": config.model.name, "kwargs": config.model.kwargs},
-                    example_input=example, onnx=onnx)
+    example = load_splits(config.data).val[0][0].unsqueeze(0) if onnx else None
+    manifest = republish(run_dir, out_dir, model, example, manifest)
     atomic_write_json(out_dir / runs.CONFIG, runs.resolved(config))
     if not quiet:
-        total = sum(p.stat().st_size for p in out_dir.iterdir() if p.name == "model.safetensors")
-        log(f"exported {run_dir} -> {out_dir} (model.safetensors {format_bytes(total)}"
-            f"{', model.onnx' if onnx else ''})")
+        onnx_note = ""
+        if onnx:
+            info = manifest["files"].get("model.onnx", {})
+            onnx_note = f", model.onnx {format_bytes(info['bytes'])}" if "bytes" in info else f" (no ONNX: {info.get('error')})"
+        log(f"exported {run_dir} -> {out_dir} (model.safetensors {format_bytes(manifest['files'][runs.WEIGHTS]['bytes'])}"
+            f"{onnx_note})")
     return manifest
 
 
 def evaluate_export(export_dir: str | Path, *, split: str = "test", device: str | None = None, out: str | None = None,
-                    quiet: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Load an exported checkpoint (safetensors + JSON only) and measure it like ``compress`` does."""
+                    trust_code: bool = False, quiet: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Load a packed checkpoint (an export or run folder; safetensors + JSON only) and measure it
+    like ``compress`` does. Code its files name runs only with ``trust_code``."""
     export_dir = Path(export_dir)
     config = runs.load_run_config(export_dir)
     if device:
         config.device = device
-    model, manifest = load(export_dir)
-    modules = dict(model.named_modules())
-    for tensor, dtype in runs.quant_dtypes(manifest.get("record") or {}).items():
-        module_name, _, tensor_name = tensor.rpartition(".")
-        if module_name in modules and hasattr(modules[module_name], tensor_name):
-            params.set_quant(modules[module_name], tensor_name, dtype)  # idempotent on stored codes
-    workspace = Workspace.from_config(config, log=log)
+    model, manifest = load(export_dir, trust_code=trust_code)
+    runs.attach_quantizers(model, manifest.get("record") or {})
+    with reading_file(export_dir / runs.CONFIG, trust_code=trust_code):
+        workspace = Workspace.from_config(config, log=log)
     metrics = workspace.measure(model, split)
     result = {"command": "eval", "split": split, **result_summary(metrics), "metrics": metrics,
               "manifest_hash": manifest.get("content_hash") if isinstance(manifest, dict) else None, "versions": versions()}

@@ -39,6 +39,10 @@ class CheckpointError(CondensaError, ValueError):
     """A checkpoint is corrupt, tampered with, truncated or of an unsafe format."""
 
 
+class UntrustedCodeError(CondensaError, PermissionError):
+    """A file condensa read names code to import, and the caller did not pass ``trust_code``."""
+
+
 class EvaluationError(CondensaError, RuntimeError):
     """One evaluation of a search failed in a way that says nothing about the others (the search
     records it as failed and goes on)."""

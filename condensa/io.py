@@ -100,6 +100,43 @@ HOW_TO_CONVERT = (
 )
 
 
+#: a safetensors header longer than this is not believed (the format caps it at 100 MB)
+_MAX_HEADER = 100_000_000
+
+
+def is_safetensors(data: bytes, size: int | None = None) -> bool:
+    """True when ``data`` (a file's bytes, or at least its first ``8 + header`` bytes; ``size`` the
+    whole file's length) has the safetensors structure: an 8-byte little-endian header length, then
+    that many bytes of JSON describing an object. Checked before any pickle sniffing, because the
+    length bytes can look like pickle magic (a 640-byte header starts with ``80 02``)."""
+    size = len(data) if size is None else size
+    if len(data) < 8:
+        return False
+    length = int.from_bytes(data[:8], "little")
+    if not 2 <= length <= min(size - 8, _MAX_HEADER) or len(data) < 8 + length:
+        return False
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(header, dict)
+
+
+def is_safetensors_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(8)
+            if len(head) < 8:
+                return False
+            length = int.from_bytes(head, "little")
+            if not 2 <= length <= min(size - 8, _MAX_HEADER):
+                return False
+            return is_safetensors(head + handle.read(length), size)
+    except OSError:
+        return False
+
+
 def looks_pickled(head: bytes) -> bool:
     """True when ``head`` (a file's first bytes) starts like a pickle or a torch zip archive."""
     return any(head.startswith(m) for m in _PICKLE_MAGIC)
@@ -110,7 +147,10 @@ def refuse_pickle(path: Path) -> None:
 
 
 def refuse_if_pickle(path: Path) -> None:
-    """Raise :class:`CheckpointError` if ``path`` is a pickle file (by suffix or magic bytes)."""
+    """Raise :class:`CheckpointError` if ``path`` is a pickle file (by suffix or magic bytes);
+    a file with the safetensors structure is never refused, whatever its name."""
+    if is_safetensors_file(path):
+        return
     try:
         with open(path, "rb") as handle:
             head = handle.read(4)

@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .config import Config, MetricsConfig, parse_config
 from .data.loaders import data_key, load_splits
 from .device import resolve_device
 from .errors import ConfigError
-from .io import atomic_write_bytes
 from .loading import load_callable
 from .metrics import OBJECTIVE_METRICS, count_flops, footprint, measure_latency, mismatches, overall_density, predict
 from .metrics.accuracy import Predictions
@@ -220,12 +218,6 @@ def _likelihood(reference: Predictions, compressed: Predictions) -> dict[str, fl
             "perplexity_increase": 100.0 * (ppl / ref_ppl - 1.0)}
 
 
-def save_weights(model: nn.Module, path) -> None:
-    """The compressed weights as plain safetensors (``condensa export`` writes packed files)."""
-    baked = finalize(copy.deepcopy(model)).cpu()
-    atomic_write_bytes(path, safetensors_bytes({k: v.contiguous() for k, v in baked.state_dict().items()}))
-
-
 def result_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ["reference_accuracy", "accuracy", "accuracy_drop", "perplexity", "reference_perplexity", "mismatches", "mismatches_ref_correct",
             "mismatches_ref_wrong", "mismatch_rate", "mismatch_bias", "density", "footprint_bytes",
@@ -273,4 +265,4 @@ def workspace(
     return created
 
 
-__all__ = ["Workspace", "CompressedModel", "workspace", "save_weights", "result_summary", "check_strategy"]
+__all__ = ["Workspace", "CompressedModel", "workspace", "result_summary", "check_strategy"]

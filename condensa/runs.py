@@ -2,8 +2,11 @@
 read it back.
 
 A run folder holds ``config.json`` (the resolved config, so later commands rebuild the same
-workspace), ``result.json``, ``compressed.safetensors`` and, for a search, ``journal.jsonl``.
-Every file is written atomically; under ``torchrun`` only rank 0 writes.
+workspace), ``result.json``, the compressed model as a packed checkpoint (``model.safetensors`` +
+``manifest.json``, exactly what ``condensa export`` writes, so the weights on disk are as small as
+the footprint says) and, for a search, ``journal.jsonl``. Every file is written atomically;
+under ``torchrun`` only rank 0 writes. Reading a run folder back runs no code it names unless the
+caller trusts it (``--trust-code``).
 """
 
 from __future__ import annotations
@@ -13,18 +16,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from .config import Config, parse_config
 from .distributed import is_main_process
 from .errors import ConfigError
+from .export import load, save
+from .export.manifest import MANIFEST
+from .export.manifest import WEIGHTS as WEIGHTS
 from .io import atomic_write_json, refuse_if_pickle
-from .models.reference import load_weights
-from .models.registry import build_model
 from .operators import params
-from .pipeline import save_weights
+from .pipeline import CompressedModel
 
 CONFIG = "config.json"
 RESULT = "result.json"
-WEIGHTS = "compressed.safetensors"
 JOURNAL = "journal.jsonl"
 
 
@@ -38,6 +44,8 @@ def output_folder(config: Config, out: str | None, config_path: str | None, kind
     else:
         stem = Path(config_path).stem if config_path else "run"
         path = Path("runs") / f"{stem}-{kind}"
+    if not is_main_process():  # under torchrun only rank 0 creates and writes the folder
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -53,12 +61,18 @@ def resolved(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def write_outputs(out_dir: Path, config: Config, result: dict[str, Any], model) -> None:
+def write_outputs(out_dir: Path, config: Config, result: dict[str, Any], compressed: CompressedModel | None,
+                  example_input: torch.Tensor | None = None) -> None:
+    """``config.json``, the packed model (``output.save_weights``) and ``result.json`` (last)."""
     if not is_main_process():  # under torchrun every rank computes the same result; rank 0 writes
         return
     atomic_write_json(out_dir / CONFIG, resolved(config))
-    if config.output.save_weights and model is not None:
-        save_weights(model, out_dir / WEIGHTS)
+    if config.output.save_weights and compressed is not None:
+        manifest = save(compressed.model, out_dir, strategy=compressed.strategy, record=compressed.record,
+                        knobs=result.get("knobs"), metrics=result.get("test"),
+                        model_factory={"name": config.model.name, "kwargs": config.model.kwargs},
+                        example_input=example_input, onnx=False)
+        result["weights_file_bytes"] = manifest["files"][WEIGHTS]["bytes"]
     atomic_write_json(out_dir / RESULT, result)
 
 
@@ -91,22 +105,29 @@ def quant_dtypes(record: dict[str, Any]) -> dict[str, str]:
     return dtypes
 
 
-def load_compressed(run_dir: str | Path):
-    """Rebuild the compressed model of a result folder: the model from its config's factory, the
-    compressed weights, and the quantizers re-attached from the record (so export sees int codes)."""
+def load_compressed(run_dir: str | Path, *, trust_code: bool = False) -> tuple[nn.Module, dict[str, Any], Config, dict[str, Any]]:
+    """The compressed model of a run folder as its packed checkpoint rebuilds it:
+    ``(model, manifest, config, result)``; the model's factory may name code only with ``trust_code``."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     result = read_result(run_dir)
-    weights = run_dir / WEIGHTS
-    if not weights.is_file():
-        raise ConfigError(f"{run_dir}: no compressed.safetensors (the search found no feasible strategy, or output.save_weights was false)")
-    model = load_weights(build_model(config.model.name, **config.model.kwargs), weights).eval()
+    if not (run_dir / MANIFEST).is_file():
+        raise ConfigError(f"{run_dir}: no packed model ({WEIGHTS} + {MANIFEST}): the search found no feasible strategy, "
+                          "or output.save_weights was false")
+    model, manifest = load(run_dir, trust_code=trust_code)
+    return model, manifest, config, result
+
+
+def attach_quantizers(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+    """Re-attach the quantizers a record names, so metrics count the stored bits (idempotent on
+    values that already sit on their integer grid)."""
     modules = dict(model.named_modules())
-    for tensor, dtype in quant_dtypes(result.get("record", {})).items():
+    for tensor, dtype in quant_dtypes(record or {}).items():
         module_name, _, tensor_name = tensor.rpartition(".")
-        params.set_quant(modules[module_name], tensor_name, dtype)
-    return model, config, result
+        if module_name in modules and hasattr(modules[module_name], tensor_name):
+            params.set_quant(modules[module_name], tensor_name, dtype)
+    return model
 
 
 __all__ = ["output_folder", "resolved", "write_outputs", "load_run_config", "read_result", "quant_dtypes", "load_compressed",
-           "CONFIG", "RESULT", "WEIGHTS", "JOURNAL"]
+           "attach_quantizers", "CONFIG", "RESULT", "WEIGHTS", "JOURNAL"]

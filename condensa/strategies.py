@@ -23,7 +23,7 @@ def _scheme_function(spec: str):
         return load_callable(spec, "strategy.scheme", default_attr="strategy")
     if spec not in available_schemes():
         raise ConfigError(f"strategy.scheme: unknown scheme '{spec}'; available: {available_schemes()} or a path to a .py file")
-    return load_callable(f"condensa.schemes.{spec}:strategy", "strategy.scheme")
+    return load_callable(f"condensa.schemes.{spec}:strategy", "strategy.scheme", builtin=True)
 
 
 def load_scheme(spec: str, args: dict[str, Any] | None = None) -> Strategy:

@@ -102,7 +102,7 @@ def test_search_writes_results_and_prints_table(search_run):
         assert key in summary, key
     assert summary["test"]["split"] == "test" and summary["validation"]["split"] == "val"
     assert 0 < summary["knobs"]["prune.density"] <= 0.5
-    assert (out / "compressed.safetensors").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "manifest.json").is_file()
     assert len((out / "journal.jsonl").read_text().splitlines()) == 5  # header + 4 evaluations
     # Not a TTY: progress comes as plain lines, no carriage returns.
     assert "search 4/4" in result.stderr and "\r" not in result.stderr

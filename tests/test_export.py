@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from condensa import BlockPrune, Compose, FilterPrune, NeuronPrune, NMPrune, Prune, Quantize
-from condensa.errors import CheckpointError
+from condensa.errors import CheckpointError, UntrustedCodeError
 from condensa.export import load, save, verify
 from condensa.export.packing import decode_tensor, encode_tensor, pack_bits, unpack_bits
 from condensa.metrics.footprint import footprint
@@ -175,7 +175,9 @@ def test_callable_factory_and_missing_factory(tmp_path):
     loaded, _ = load(tmp_path, model_factory=DigitsCNN)
     assert torch.equal(loaded(X), model(X))
     save(model, tmp_path / "b", record=record, model_factory=DigitsCNN, onnx=False)
-    assert load(tmp_path / "b")[1]["model"]["factory"] == "condensa.models.digits:DigitsCNN"
+    with pytest.raises(UntrustedCodeError, match="condensa.models.digits"):
+        load(tmp_path / "b")  # a manifest naming code to import needs the caller's trust
+    assert load(tmp_path / "b", trust_code=True)[1]["model"]["factory"] == "condensa.models.digits:DigitsCNN"
     with pytest.raises(CheckpointError, match="does not fit"):
         load(tmp_path, model_factory="digits_mlp")
 

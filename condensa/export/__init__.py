@@ -9,6 +9,6 @@
 from ..io import HOW_TO_CONVERT
 from .load import load, read_tensors, verify
 from .onnx import export_onnx, onnx_bytes
-from .save import save
+from .save import republish, save
 
-__all__ = ["save", "load", "verify", "read_tensors", "export_onnx", "onnx_bytes", "HOW_TO_CONVERT"]
+__all__ = ["save", "republish", "load", "verify", "read_tensors", "export_onnx", "onnx_bytes", "HOW_TO_CONVERT"]

@@ -1,7 +1,8 @@
 """``load`` / ``verify``: rebuild a compressed model from a checkpoint folder, reading data only.
 
 Only safetensors and JSON are read: nothing is ever unpickled, since unpickling a file can run
-arbitrary code. Every file's SHA-256 is checked against the manifest (this detects corruption and
+arbitrary code, and code the manifest names is imported only when the caller trusts the folder.
+Every file's SHA-256 is checked against the manifest (this detects corruption and
 accidental edits; anyone who can write the folder can also rewrite the hashes, so it is no
 protection against tampering), a truncated file is reported as such, and a pickle checkpoint is
 refused with instructions to convert it.
@@ -20,7 +21,8 @@ from safetensors.torch import load as safetensors_load
 from torch import nn
 
 from ..errors import CheckpointError
-from ..io import looks_pickled, refuse_if_pickle, refuse_pickle
+from ..io import is_safetensors, looks_pickled, refuse_if_pickle, refuse_pickle
+from ..loading import reading_file
 from ..models.registry import build_model
 from ..surgery import apply_widths
 from .manifest import MANIFEST, ONNX, WEIGHTS, layout_hash, read_manifest, sha256
@@ -33,7 +35,7 @@ def _verify_file(path: Path, expected: dict | None) -> bytes:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     data = path.read_bytes()
-    if looks_pickled(data[:4]):
+    if path.suffix != ".onnx" and not is_safetensors(data) and looks_pickled(data[:4]):
         refuse_pickle(path)
     if not isinstance(expected, dict) or "sha256" not in expected or "bytes" not in expected:
         raise CheckpointError(f"manifest has no hash for {path.name}")
@@ -120,7 +122,9 @@ def read_tensors(path_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     return state, manifest
 
 
-def _build(manifest: dict, model_factory: Any) -> nn.Module:
+def _build(manifest: dict, model_factory: Any, source: Path, trust_code: bool) -> nn.Module:
+    """The architecture: the caller's ``model_factory`` (trusted: the caller chose it) or the
+    manifest's factory, which may only name code to import when the caller trusts the file."""
     info = manifest.get("model") or {}
     kwargs = dict(info.get("kwargs") or {})
     if model_factory is None:
@@ -129,27 +133,32 @@ def _build(manifest: dict, model_factory: Any) -> nn.Module:
             raise CheckpointError(
                 f"the manifest names no model factory (model class {info.get('class')}); pass model_factory= to load"
             )
-    elif isinstance(model_factory, dict):
+        with reading_file(source, trust_code=trust_code):
+            return build_model(model_factory, **kwargs)
+    if isinstance(model_factory, dict):
         kwargs = {**kwargs, **dict(model_factory.get("kwargs") or {})}
         model_factory = model_factory.get("name")
     return build_model(model_factory, **kwargs)
 
 
 def load(path_dir: str | Path, model_factory: str | Callable[..., nn.Module] | dict | None = None,
-         device: str | torch.device = "cpu", *, verify_onnx: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+         device: str | torch.device = "cpu", *, verify_onnx: bool = True,
+         trust_code: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the compressed model of a checkpoint; returns ``(model in eval mode, manifest)``.
 
-    The architecture comes from ``model_factory`` or the manifest's factory spec; surgery widths
-    are re-applied, then the unpacked tensors are loaded (strictly: every tensor must fit). Outputs
-    equal the model that was saved: bit-exact for pruned/fp32 and fp16/bf16 weights, and for
-    integer codes dequantized exactly as ``FakeQuantize`` does.
+    The architecture comes from ``model_factory`` or the manifest's factory spec. A manifest may
+    name a built-in model (``digits_cnn``, a torchvision name, ...) but not code to import
+    (``pkg.module:function``, ``file.py:function``) unless ``trust_code=True``: the refusal names
+    the module. Surgery widths are re-applied, then the unpacked tensors are loaded (strictly: every
+    tensor must fit). Outputs equal the model that was saved: bit-exact for pruned/fp32 and
+    fp16/bf16 weights, and for integer codes dequantized exactly as ``FakeQuantize`` does.
     """
     state, manifest = read_tensors(path_dir)
     path_dir = _folder(path_dir)
     onnx_info = manifest["files"].get(ONNX)
     if verify_onnx and isinstance(onnx_info, dict) and "sha256" in onnx_info and (path_dir / ONNX).exists():
         _verify_file(path_dir / ONNX, onnx_info)
-    model = _build(manifest, model_factory)
+    model = _build(manifest, model_factory, path_dir / MANIFEST, trust_code)
     surgery = manifest.get("surgery") or {}
     if surgery.get("applied"):
         apply_widths(model, surgery.get("widths") or {}, {k: tuple(v.shape) for k, v in state.items()})

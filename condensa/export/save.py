@@ -200,12 +200,17 @@ def _encode(model: nn.Module, shrunk: _Shrunk, quant: dict[str, str], name: str,
     return encoded
 
 
-def _onnx_entry(base: nn.Module, example_input: Any, path_dir: Path) -> dict[str, Any]:
+def _int_bits(quantized: dict[str, str | None]) -> list[int]:
+    """The integer widths among ``{tensor: dtype}`` (``int8`` -> 8), for QDQ in ONNX."""
+    return sorted({int(d[3:]) for d in quantized.values() if isinstance(d, str) and d.startswith("int")})
+
+
+def _onnx_entry(base: nn.Module, example_input: Any, path_dir: Path, int_bits: list[int]) -> dict[str, Any]:
     """Step 4: ``model.onnx``, or why there is none (the packed checkpoint is valid without it)."""
     if not isinstance(example_input, torch.Tensor):
         return {"error": "no tensor example_input to export with"}
     try:
-        return export_onnx(base, example_input, path_dir / ONNX)
+        return export_onnx(base, example_input, path_dir / ONNX, int_bits=int_bits)
     except ModelError as error:  # both exporters failed, or onnxruntime cannot run the file
         return {"error": f"{type(error).__name__}: {error}"}
 
@@ -270,7 +275,7 @@ def save(
         files.atomic_write_bytes(path_dir / WEIGHTS, data)
         written: dict[str, Any] = {WEIGHTS: {"bytes": len(data), "sha256": sha256(data)}}
         if onnx:
-            written[ONNX] = _onnx_entry(shrunk.base, example_input, path_dir)
+            written[ONNX] = _onnx_entry(shrunk.base, example_input, path_dir, _int_bits(quant))
         if ONNX not in written or "error" in written[ONNX]:
             (path_dir / ONNX).unlink(missing_ok=True)  # never leave a stale ONNX file next to a new checkpoint
 
@@ -303,4 +308,27 @@ def save(
         model.train(was_training)
 
 
-__all__ = ["save"]
+def republish(source: Path, path_dir: Path, model: nn.Module, example_input: torch.Tensor | None,
+              manifest: dict[str, Any]) -> dict[str, Any]:
+    """Copy the packed checkpoint in ``source`` (a run folder) to ``path_dir`` byte for byte and add
+    ``model.onnx`` of ``model`` (the checkpoint as :func:`~condensa.export.load` rebuilt it);
+    returns the new manifest, written last."""
+    path_dir = Path(path_dir)
+    path_dir.mkdir(parents=True, exist_ok=True)
+    weights = (Path(source) / WEIGHTS).read_bytes()
+    if sha256(weights) != manifest["files"][WEIGHTS]["sha256"]:
+        raise ModelError(f"{source / WEIGHTS} changed while it was being exported")
+    files.atomic_write_bytes(path_dir / WEIGHTS, weights)
+    written = {WEIGHTS: dict(manifest["files"][WEIGHTS])}
+    if example_input is not None:
+        quantized = {name: meta.get("quantized") for name, meta in manifest["tensors"].items()}
+        written[ONNX] = _onnx_entry(model.eval(), example_input.detach().cpu(), path_dir, _int_bits(quantized))
+    if ONNX not in written or "error" in written[ONNX]:
+        (path_dir / ONNX).unlink(missing_ok=True)
+    out = {**manifest, "files": written, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "versions": versions()}
+    files.atomic_write_json(path_dir / MANIFEST, out)
+    return out
+
+
+__all__ = ["save", "republish"]

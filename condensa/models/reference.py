@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ..errors import CheckpointError, ModelError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, is_safetensors_file
 from ..recovery.config import TrainConfig
 from ..recovery.train import train
 from .registry import build_model
@@ -41,12 +41,15 @@ def cache_key(payload: dict[str, Any]) -> str:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a state dict from ``.safetensors`` (preferred) or a ``.pt`` file with ``weights_only=True``."""
+    """Load a state dict from a safetensors file (recognized by its structure, whatever its name)
+    or a ``.pt`` state dict read with ``weights_only=True`` (tensors only, no code)."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"model.checkpoint: {path} is a folder; give a .safetensors or state-dict .pt file")
     if not path.is_file():
         raise ModelError(f"model.checkpoint: file {path} does not exist")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors" or is_safetensors_file(path):
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
