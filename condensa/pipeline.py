@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .config import Config, MetricsConfig, parse_config
-from .data.loaders import data_key, load_splits
+from .data import Splits
+from .data.loaders import data_key, load_splits, splits_key
 from .device import resolve_device
 from .errors import ConfigError
 from .loading import load_callable
@@ -86,11 +87,17 @@ class Workspace:
         self.recovery_config()  # validate early: a typo should fail before any training
 
     @classmethod
-    def from_config(cls, config: Config, *, log: Callable[[str], None] = print, cache: str | None = None) -> Workspace:
-        """Load data, build (train or load) the reference model and the strategy of a config."""
+    def from_config(cls, config: Config, *, log: Callable[[str], None] = print, cache: str | None = None,
+                    splits: Splits | None = None) -> Workspace:
+        """Load data, build (train or load) the reference model and the strategy of a config.
+
+        ``splits`` replaces the config's data section (Python users with their own data); the
+        reference is then trained on them, cached under a hash of their contents.
+        """
         device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        splits = load_splits(config.data)
+        key = data_key(config.data) if splits is None else splits_key(splits)
+        splits = load_splits(config.data) if splits is None else splits
         model_cfg = config.model
         strategy = build_strategy(config.strategy.scheme, config.strategy.args, config.strategy.ops)
         check_strategy(strategy, build_model(model_cfg.name, **model_cfg.kwargs))
@@ -100,7 +107,7 @@ class Workspace:
         else:
             train_cfg = TrainConfig(**dataclasses.asdict(model_cfg.train))
             reference = train_reference(
-                model_cfg.name, model_cfg.kwargs, splits, train_cfg, data_key=data_key(config.data),
+                model_cfg.name, model_cfg.kwargs, splits, train_cfg, data_key=key,
                 seed=config.seed, device=device, cache=cache, log=log,
             )
         return cls(reference, splits, strategy, recovery=config.recovery, device=config.device, seed=config.seed,
@@ -256,10 +263,8 @@ def workspace(
         "seed": seed,
         "search": {"objective": objective if isinstance(objective, str) else "footprint"},
     }
-    created = Workspace.from_config(parse_config(raw), log=log)
+    created = Workspace.from_config(parse_config(raw), log=log, splits=None if isinstance(data, str) else data)
     created.strategy = None
-    if not isinstance(data, str):
-        created.splits = data
     if callable(objective):
         created.objective, created._objective_fn = objective, objective
     return created

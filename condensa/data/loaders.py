@@ -7,6 +7,7 @@ download would hide a wrong path); ``text`` is a character-level language-modeli
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,23 @@ def load_splits(config: Any) -> Splits:
         if len(getattr(splits, name)) == 0:
             raise DataError(f"data: the {name} split is empty")
     return splits
+
+
+def splits_key(splits: Splits) -> dict[str, Any]:
+    """What identifies user-supplied splits for caching reference models: a hash of their contents."""
+    digest = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        data = getattr(splits, name)
+        digest.update(f"{name}:{len(data)}".encode())
+        tensors = [getattr(data, a, None) for a in ("inputs", "labels")]
+        if all(isinstance(t, torch.Tensor) for t in tensors):
+            for tensor in tensors:
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        else:  # any Dataset: hash its items (one pass, what training costs anyway)
+            for i in range(len(data)):
+                for item in data[i]:
+                    digest.update(torch.as_tensor(item).detach().cpu().contiguous().numpy().tobytes())
+    return {"name": "user-splits", "sha256": digest.hexdigest(), "num_classes": splits.num_classes}
 
 
 def data_key(config: Any) -> dict[str, Any]:
