@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "condensa"
 FORBIDDEN = {
     "search": {"operators", "recovery", "metrics", "coupling", "surgery", "export", "models", "data", "pipeline",
                "commands", "analysis", "report", "config", "runs", "distributed"},
-    "metrics": {"recovery", "search", "export", "analysis", "pipeline", "commands", "report", "surgery", "runs"},
+    "metrics": {"recovery", "search", "export", "analysis", "pipeline", "commands", "report", "runs"},
     "operators": {"recovery", "search", "metrics", "export", "surgery", "pipeline", "commands", "analysis", "report"},
     "coupling": {"operators", "surgery", "export", "recovery", "search", "metrics", "pipeline", "commands"},
     "surgery": {"export", "recovery", "search", "metrics", "pipeline", "commands", "analysis", "report"},

@@ -303,11 +303,30 @@ def test_conv_flops_scale_per_layer(tiny):
     conv2 = 2 * 16 * 8 * 9 * 64
     fc = 2 * 16 * 12 + 2 * 12 * 10
     assert dense == conv1 + conv2 + fc
-    model, _ = FilterPrune(0.5).apply(tiny)  # conv1 keeps half its filters
+    model, _ = FilterPrune(0.5).apply(tiny)  # conv1 keeps half its filters, so conv2 half its inputs
     flops = count_flops(model, x)
     assert flops["flops_dense"] == dense
-    assert flops["flops_effective"] == pytest.approx(dense - conv1 / 2)
+    assert flops["flops_effective"] == pytest.approx(dense - conv1 / 2 - conv2 / 2)
     assert model.training is False and tiny.training is False
+
+
+@pytest.mark.parametrize("name, x", [("digits_cnn", torch.randn(2, 1, 8, 8)), ("resnet18", torch.randn(1, 3, 32, 32))])
+def test_effective_flops_of_filter_pruning_equal_the_shrunk_models_count(name, x):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from condensa.models.registry import build_model
+    from condensa.surgery import shrink
+
+    model = build_model(name).eval()
+    masked, _ = FilterPrune(0.5, exclude=() if name == "resnet18" else ("@last",)).apply(model)
+    small = shrink(masked, x[:1])
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        small(x)
+    shrunk = counter.get_total_flops()
+    effective = count_flops(masked, x)["flops_effective"]
+    assert abs(effective - shrunk) <= 0.01 * shrunk, (effective, shrunk)
+    assert shrunk < 0.6 * count_flops(model, x)["flops_dense"]
 
 
 def test_count_flops_restores_training_mode():
