@@ -51,5 +51,22 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
+def broadcast_buffers(model: nn.Module, source: int = 0) -> None:
+    """Copy every buffer (BatchNorm statistics, masks) of ``model`` from rank ``source`` to all ranks."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=source)
+
+
+def all_mean(values: list[float]) -> list[float]:
+    """The mean over ranks of each value (unchanged outside a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return (tensor / dist.get_world_size()).tolist()
+
+
 def sampler(data, *, shuffle: bool, seed: int):
     return DistributedSampler(data, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed)

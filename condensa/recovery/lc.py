@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .. import distributed
 from ..errors import RecoveryError
 from ..operators import params
 from .config import RecoveryConfig
@@ -100,7 +101,7 @@ def lc_recover(
           loader=loader, wrap=wrap, penalty=penalty, after_step=c_step, schedule="constant")
     mu = state["mu"]
     final, _ = _compress(strategy, dense, {n: multipliers[n] / mu for n in names})
-    recalibrate_batchnorm(final, loader, device)
+    recalibrate_batchnorm(final, make_loader(data, config.batch_size, shuffle=True, seed=seed), device)
     return final.eval()
 
 
@@ -110,6 +111,8 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.de
 
     The statistics were accumulated with the dense L-step weights; the C step changes the
     activations, so they are recomputed (cumulative average over up to ``batches`` batches).
+    ``loader`` is an ordinary (not distributed) loader: under torchrun every rank sees the same
+    batches a single process would, and rank 0's statistics are broadcast so the ranks agree.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -125,4 +128,5 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.de
         model(inputs.to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
+    distributed.broadcast_buffers(model)
     model.eval()

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
+
 TERMS = ("ce", "kl", "logit", "flip")
 
 
@@ -104,7 +106,12 @@ class DistillLoss:
         if teacher_logits is None:
             raise ValueError("the distillation loss needs the reference model's logits")
         terms = loss_terms(logits, labels, teacher_logits, self.temperature, self.margin)
-        self.last_terms = {n: float(t.detach()) for n, t in terms.items()}
+        values = [float(terms[n].detach()) for n in TERMS]
+        if self.adapt is not None:
+            # under torchrun each rank sees its share of the batch: SoftAdapt adapts to the whole
+            # batch's terms (their mean over ranks), so every rank uses the weights one process would
+            values = distributed.all_mean(values)
+        self.last_terms = dict(zip(TERMS, values))
         weights = self.weights
         loss = sum(weights[n] * terms[n] for n in TERMS)
         if self.adapt is not None:
