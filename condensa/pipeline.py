@@ -142,10 +142,13 @@ class Workspace:
         start = time.perf_counter()
         model, _ = strategy.apply(self.reference)
         recovery = self.recovery_config(epochs)
+        trace: list[dict[str, float]] = []
         model = recover(model, self.reference, self.splits.train, recovery, strategy=strategy,
-                        device=self.device, seed=self.seed, progress=progress)
+                        device=self.device, seed=self.seed, progress=progress, trace=trace)
         record = measure_record(model)
         metrics = self.measure(model, split, record)
+        if trace:
+            metrics["lc_trace"] = trace  # L-C convergence per C step: mu and ||w - Delta(theta)|| / ||w||
         metrics["seconds"] = time.perf_counter() - start
         return CompressedModel(model, record, metrics, strategy)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .search import FALLBACK
+
 
 def _table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
@@ -47,6 +49,9 @@ def evaluations_table(evaluations: list[Any], objective: str, set_aside: Any = (
         )
     if set_aside:
         lines.append("  yes? = under the bound as measured, over it by the constraint model: probably noise, not chosen")
+    for ev in evaluations:
+        if getattr(ev, "proposal", "").startswith(FALLBACK):
+            lines.append(f"  #{ev.index} was proposed by a {ev.proposal}")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from condensa import Compose, FilterPrune, NeuronPrune, NMPrune, Prune, Quantize, finalize
 from condensa.metrics import footprint, tensor_cost
-from condensa.metrics.footprint import SCALE_BITS, relative_cost
+from condensa.metrics.footprint import relative_cost
 
 
 def sparse_1d(numel: int, positions: list[int], value: float = 1.5) -> torch.Tensor:
@@ -44,10 +44,6 @@ def random_nm(rows: int, cols: int, n: int, m: int, seed: int = 0) -> torch.Tens
     order = torch.rand(rows, cols // m, m, generator=g).argsort(dim=-1)
     keep = torch.zeros(rows, cols // m, m, dtype=torch.bool).scatter_(-1, order[..., :n], True)
     return t * keep.reshape(rows, cols)
-
-
-def test_constant_is_32_bits_per_scale():
-    assert SCALE_BITS == 32
 
 
 def test_dense_tensor_costs_numel_times_value_bits():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from condensa import FilterPrune, NMPrune, Prune, Quantize, finalize
+from condensa import FilterPrune, Prune, finalize
 from condensa.data.digits import IndexedTensorDataset
 from condensa.metrics import (
     Predictions,
@@ -19,9 +19,7 @@ from condensa.metrics import (
     mismatches,
     overall_density,
     predict,
-    tensor_cost,
 )
-from condensa.metrics.footprint import footprint, relative_cost
 
 
 def make_predictions(pred: list[int], labels: list[int], ids: list[int], confidence: list[float], classes: int = 3) -> Predictions:
@@ -142,120 +140,6 @@ def test_predict_keeps_dataset_ids_and_training_mode():
     torch.testing.assert_close(out.logits, model.eval()(x))  # eval mode: no dropout
     plain = torch.utils.data.TensorDataset(x, torch.zeros(5, dtype=torch.long))
     assert predict(model, plain).indices.tolist() == [0, 1, 2, 3, 4]
-
-
-# --------------------------------------------------------------------------------------------------
-# tensor_cost on hand-made tensors (every expected figure computed by hand)
-# --------------------------------------------------------------------------------------------------
-
-
-def test_cost_of_a_dense_tensor_is_numel_times_value_bits():
-    t = torch.arange(1, 33, dtype=torch.float32).reshape(4, 8)  # no zeros
-    cost = tensor_cost(t, 32)
-    # dense 32*32 = 1024; bitmask 32 + 32*32 = 1056; relative (b=1, no fillers) 32*33 = 1056
-    assert (cost.bits, cost.encoding, cost.nnz, cost.numel) == (1024, "dense", 32, 32)
-    assert tensor_cost(t, 8).bits == 32 * 8
-    assert tensor_cost(t, 16).bits == 32 * 16
-
-
-def test_cost_bitmask_is_numel_plus_nnz_times_bits():
-    # 1-D (no N:M, no rows): nonzeros at 0..5 and 11..15, one run of 5 zeros in between
-    t = torch.zeros(16)
-    t[:6] = 1.0
-    t[11:] = 2.0
-    cost = tensor_cost(t, 32)
-    # dense 512; bitmask 16 + 11*32 = 368; relative: gaps [0]*6 + [5] + [0]*4:
-    #   b=1: 5>>1 = 2 fillers -> 13*33 = 429; b=2: 1 filler -> 12*34 = 408; b=3: 11*35 = 385
-    assert cost.encoding == "bitmask"
-    assert cost.bits == 16 + 11 * 32 == 368
-    assert relative_cost(t != 0, 16, 32) == (385, 3)
-
-
-def test_cost_relative_index_with_filler_entries_by_hand():
-    # 20 nonzeros, each after a run of 3 zeros except the 11th, after 5 zeros; then 10 trailing zeros
-    gaps = [5 if i == 10 else 3 for i in range(20)]
-    positions, p = [], -1
-    for gap in gaps:
-        p += gap + 1
-        positions.append(p)
-    t = torch.zeros(positions[-1] + 1 + 10)
-    t[positions] = torch.arange(1, 21, dtype=torch.float32)
-    assert t.numel() == 92 and positions[-1] == 81
-    # value_bits 4. Gap g needs g >> b fillers (a filler holds a zero value and covers 2^b positions):
-    #   b=1: 19*1 + 2 = 21 fillers -> (20+21)*(4+1) = 205
-    #   b=2: 0 + 5>>2 = 1 filler   -> (20+1)*(4+2)  = 126   <- best
-    #   b=3: none                  -> 20*(4+3)      = 140
-    # bitmask 92 + 20*4 = 172, dense 92*4 = 368; trailing zeros cost nothing in relative coding
-    cost = tensor_cost(t, 4)
-    assert (cost.bits, cost.encoding, cost.index_bits) == (126, "relative", 2)
-    assert relative_cost(t != 0, t.numel(), 4) == (126, 2)
-    # one more zero in the long run (gap 6) still takes one filler at b=2; gap 8 takes two
-    assert relative_cost(_with_gap(gaps, 10, 6) != 0, 200, 4) == (126, 2)
-    assert relative_cost(_with_gap(gaps, 10, 8) != 0, 200, 4) == (132, 2)  # (20+2)*6
-    # a leading gap counts from position 0: one nonzero at position 4 (gap 4):
-    #   b=1: 2 fillers -> 3*5 = 15; b=2: 1 filler -> 2*6 = 12; b=3: none -> 1*7 = 7
-    single = torch.zeros(8)
-    single[4] = 1.0
-    assert relative_cost(single != 0, 8, 4) == (7, 3)
-
-
-def test_cost_nm_2_4_tensor():
-    # [4, 8]: every group of 4 consecutive inputs keeps exactly 2 (alternating layouts, so that the
-    # long runs between groups make relative coding pay fillers)
-    t = torch.zeros(4, 8)
-    for r in range(4):
-        t[r, 0:2] = r + 1.0  # group 0 keeps inputs 0, 1
-        t[r, 6:8] = r + 2.0  # group 1 keeps inputs 6, 7
-    groups, n = 8, 2
-    nm_bits = groups * n * (32 + 2)  # 2 values and 2-bit positions per group of 4
-    assert nm_bits == 544
-    # 2:4 metadata is one bit per element on average, so N:M ties with the bitmask (32 + 16*32)
-    cost = tensor_cost(t, 32)
-    assert cost.bits == nm_bits == 32 + 16 * 32
-    assert cost.encoding in ("bitmask", "nm")
-    # with int8 values and one scale per row: 8*2*(8+2) + 4*32
-    assert tensor_cost(t, 8, scales=4).bits == 160 + 128
-    # 1:4 is strictly cheaper as N:M: 8 groups * (32 + 2) = 272 < bitmask 32 + 8*32 = 288
-    one = t.clone()
-    one[:, 1] = 0
-    one[:, 6] = 0
-    cost = tensor_cost(one, 32)
-    assert (cost.bits, cost.encoding, cost.nm, cost.index_bits) == (272, "nm", (1, 4), 2)
-
-
-def test_cost_of_an_nm_pruned_layer_is_the_nm_formula():
-    torch.manual_seed(0)
-    model, _ = NMPrune(2, 4).apply(nn.Sequential(nn.Linear(64, 32)))
-    w = model[0].weight.detach()
-    assert tensor_cost(w, 32).bits == (32 * 64 // 4) * 2 * 34
-
-
-def test_int8_scales_cost_32_bits_per_output_channel():
-    t = torch.arange(1, 61, dtype=torch.float32).reshape(6, 10)  # dense
-    assert tensor_cost(t, 8, scales=6).bits == 60 * 8 + 6 * 32
-    assert tensor_cost(t, 8).bits == 60 * 8
-    # the scales are added to the sparse encodings too: bitmask numel + nnz*8 + scales
-    sparse = t.clone()
-    sparse[:, ::2] = 0  # 30 nonzeros, gaps of 1: relative b=1 costs 30*9 = 270 < bitmask 60 + 240
-    assert tensor_cost(sparse, 8, scales=6).bits == 30 * 9 + 6 * 32
-    # footprint of an int8-quantized Linear(10, 6): codes + one fp32 scale per output row; the bias
-    # is untouched fp32
-    torch.manual_seed(0)
-    model, _ = Quantize("int8").apply(nn.Sequential(nn.Linear(10, 6)))
-    costs = footprint(model).tensors
-    assert costs["0.weight"].bits == 60 * 8 + 6 * 32
-    assert costs["0.bias"].bits == 6 * 32
-
-
-def _with_gap(gaps: list[int], index: int, gap: int) -> torch.Tensor:
-    gaps = list(gaps)
-    gaps[index] = gap
-    t = torch.zeros(200)
-    p = -1
-    for g in gaps:
-        p += g + 1
-        t[p] = 1.0
-    return t
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ def recover(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
+    trace: list[dict[str, float]] | None = None,
 ) -> nn.Module:
     """Recover the accuracy of a compressed (parametrized) ``model``.
 
@@ -43,7 +44,8 @@ def recover(
     in place, ``lc`` runs learning-compression from the reference weights and re-applies
     ``strategy``. ``loss: distill`` uses ``teacher`` (the reference). Under ``torchrun`` (or with
     ``distributed: true``) training uses DDP with each rank on its shard of every batch. The
-    returned model is still parametrized, so it is exactly compressed.
+    returned model is still parametrized, so it is exactly compressed. ``trace`` (a list) receives
+    L-C's convergence per C step (``mu`` and the distance of the weights from their compressed form).
     """
     device = torch.device(device)
     if config.method == "none" or (config.method == "finetune" and config.epochs == 0):
@@ -62,7 +64,7 @@ def recover(
         if teacher is None:
             raise ValueError("recovery.method=lc starts from the reference model; pass it as teacher")
         return lc_recover(model, teacher, data, config, strategy=strategy, device=device, loss_fn=loss_fn, seed=seed,
-                          progress=progress, loader=loader, wrap=wrap)
+                          progress=progress, loader=loader, wrap=wrap, trace=trace)
     train(model, data, config.training(), device=device, loss_fn=loss_fn, teacher=teacher_for_loss, seed=seed,
           progress=progress, loader=loader, wrap=wrap)
     return model

@@ -59,6 +59,7 @@ def lc_recover(
     progress: Callable[[int, float], None] | None = None,
     loader: DataLoader | None = None,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    trace: list[dict[str, float]] | None = None,
 ) -> nn.Module:
     """Run L-C from the reference weights; returns the strategy-applied model (parametrized).
 
@@ -66,7 +67,9 @@ def lc_recover(
     dense reference weights, as the algorithm prescribes. The L steps are one run of the training
     loop (:func:`~condensa.recovery.train.train`, constant learning rate) with the L-C penalty
     added to every step's loss; a C step and the multiplier update run after the first
-    ``mb_iterations_first_l`` steps and then every ``mb_iterations_per_l`` steps.
+    ``mb_iterations_first_l`` steps and then every ``mb_iterations_per_l`` steps. ``trace`` (a
+    list) receives one entry per C step: the step, ``mu`` and ``distance`` = ||w - Delta(theta)|| /
+    ||w|| over the compressed tensors, which falls toward 0 as L-C converges.
     """
     if strategy is None:
         raise RecoveryError("recovery.method=lc needs the strategy to re-apply in its C steps")
@@ -93,6 +96,10 @@ def lc_recover(
             _, theta = _compress(strategy, dense, {n: multipliers[n] / mu for n in names})
             for n in names:
                 multipliers[n] -= mu * (dense.get_parameter(n).detach() - theta[n])
+            if trace is not None:
+                gap = sum(float((dense.get_parameter(n) - theta[n]).pow(2).sum()) for n in names)
+                norm = sum(float(dense.get_parameter(n).pow(2).sum()) for n in names)
+                trace.append({"step": step, "mu": mu, "distance": (gap / max(norm, 1e-30)) ** 0.5})
         state["mu"] = min(mu * config.mu_multiplier, config.mu_cap)
 
     loader = loader or make_loader(data, config.batch_size, shuffle=True, seed=seed)

@@ -23,6 +23,8 @@ from .space import Space
 
 SEARCH_METHODS = ("bo", "random", "grid", "bisection")
 RECOMMEND = ("model", "observed")
+#: how a proposal that replaced a failed model step starts
+FALLBACK = "random fallback"
 
 
 def _is_int(value: Any) -> bool:
@@ -54,7 +56,8 @@ class Evaluation:
     ``constraints[j]`` is the value of the ``j``-th constraint (inf for a failed evaluation);
     ``objective`` the objective value as measured (None when the evaluation failed);
     ``status`` is ``"ok"`` or ``"failed"`` (then ``message`` says why); ``resumed`` marks an
-    evaluation loaded from the journal instead of run.
+    evaluation loaded from the journal instead of run; ``proposal`` says how the point was chosen
+    (``initial design``, ``bo``, a baseline's name, or a fallback and why).
     """
 
     index: int
@@ -68,6 +71,7 @@ class Evaluation:
     seconds: float = 0.0
     method: str = "bo"
     resumed: bool = False
+    proposal: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -236,19 +240,26 @@ def search(
     for step in range(len(evaluations), budget):
         if size is not None and len({space.key(e.knobs) for e in evaluations}) >= size:
             break  # every possible knob assignment has been evaluated
-        unit = _next_point(method, space, evaluations, constraints, objective, cheap_loss, design, better_end, seed, step, budget)
+        unit, proposal = _next_point(method, space, evaluations, constraints, objective, cheap_loss, design, better_end,
+                                     seed, step, budget)
         evaluation = _run_one(strategy, space.decode(unit), evaluate, objective, constraints, step, method)
+        evaluation.proposal = proposal
         evaluations.append(evaluation)
         if store is not None:
             store.append(evaluation.to_dict())
         if on_evaluation is not None:
             on_evaluation(evaluation, summarize(evaluations, objective, constraints))
-    trusted = None
+    trusted, note = None, ""
     if method == "bo" and recommend == "model" and constraints and sum(e.status == "ok" for e in evaluations) >= 3:
         x = [space.encode(e.knobs) for e in evaluations]
-        trusted = bo.model_feasible(x, _constraint_columns(evaluations, constraints), [c.upper for c in constraints],
-                                    seed, len(evaluations))
-    return summarize(evaluations, objective, constraints, trusted)
+        try:
+            trusted = bo.model_feasible(x, _constraint_columns(evaluations, constraints), [c.upper for c in constraints],
+                                        seed, len(evaluations))
+        except bo.GPFitError as error:
+            note = f"; the constraint model could not be fitted ({error}), so the best observed feasible point is recommended"
+    result = summarize(evaluations, objective, constraints, trusted)
+    result.message += note
+    return result
 
 
 def _better_end(space: Space, objective: Objective, cheap_loss) -> float:
@@ -258,26 +269,31 @@ def _better_end(space: Space, objective: Objective, cheap_loss) -> float:
     return 0.0 if objective.direction == "minimize" else 1.0
 
 
-def _next_point(method, space, evaluations, constraints, objective, cheap_loss, design, better_end, seed, step, budget):
+def _next_point(method, space, evaluations, constraints, objective, cheap_loss, design, better_end, seed, step,
+                budget) -> tuple[list[float], str]:
+    """The next unit point and how it was chosen (recorded in the journal as ``proposal``)."""
     x = [space.encode(e.knobs) for e in evaluations]
     if method == "grid":
-        return baselines.grid_point(space, step, budget)
+        return baselines.grid_point(space, step, budget), "grid"
     if method == "random":
-        return baselines.random_point(space, seed, step)
+        return baselines.random_point(space, seed, step), "random"
     if method == "bisection":
-        return baselines.bisection_point(space, x, [e.feasible for e in evaluations], better_end)
+        return baselines.bisection_point(space, x, [e.feasible for e in evaluations], better_end), "bisection"
     if step < len(design):
-        return design[step]
+        return design[step], "initial design"
     if sum(e.status == "ok" for e in evaluations) < 2:  # too little to model: keep exploring
-        return baselines.random_point(space, seed, step)
+        return baselines.random_point(space, seed, step), "random: fewer than 2 successful evaluations to model"
     columns = _constraint_columns(evaluations, constraints)
     if objective.cheap is not None:
         losses = [cheap_loss(u) for u in x]
     else:
         losses = [objective.sign * e.objective if e.status == "ok" and e.objective is not None and math.isfinite(e.objective)
                   else None for e in evaluations]
-    return bo.propose(space, x, columns, [c.upper for c in constraints], losses, [e.feasible for e in evaluations],
-                      cheap_loss if objective.cheap is not None else None, seed, step)
+    try:
+        return bo.propose(space, x, columns, [c.upper for c in constraints], losses, [e.feasible for e in evaluations],
+                          cheap_loss if objective.cheap is not None else None, seed, step), "bo"
+    except bo.GPFitError as error:  # never propose from a prior-only model: say so and explore
+        return baselines.random_point(space, seed, step), f"{FALLBACK}: the GP fit failed ({error})"
 
 
 def _constraint_columns(evaluations: list[Evaluation], constraints: Sequence[Constraint]) -> list[list[float]]:

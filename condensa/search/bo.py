@@ -111,9 +111,14 @@ def initial_design(space: Space, n: int, seed: int) -> list[list[float]]:
     return best.tolist()
 
 
+class GPFitError(RuntimeError):
+    """Fitting a GP's hyperparameters failed. Callers fall back visibly (a random point, the
+    observed recommendation) instead of proposing from a prior-only model."""
+
+
 def fit_gp(x: torch.Tensor, y: torch.Tensor, seed: int):
     """A fitted ``SingleTaskGP`` on ``x`` (n x d in [0,1]) and ``y`` (n), without touching the
-    caller's global RNG."""
+    caller's global RNG; raises :class:`GPFitError` when the fit fails."""
     with warnings.catch_warnings():  # gpytorch's import calls torch.jit.script (a FutureWarning nobody can act on)
         warnings.simplefilter("ignore", FutureWarning)
         # botorch and gpytorch cost ~0.7 s of start-up that only a BO step needs (every command loads the search)
@@ -126,21 +131,19 @@ def fit_gp(x: torch.Tensor, y: torch.Tensor, seed: int):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = SingleTaskGP(x, y.unsqueeze(-1), outcome_transform=Standardize(m=1))
-            mll = ExactMarginalLogLikelihood(model.likelihood, model)
-            try:
-                fit_gpytorch_mll(mll)
-            except (ModelFittingError, NotPSDError, RuntimeError):  # an unfitted GP still carries sensible priors
-                pass
+        model = SingleTaskGP(x, y.unsqueeze(-1), outcome_transform=Standardize(m=1))
+        mll = ExactMarginalLogLikelihood(model.likelihood, model)
+        try:
+            fit_gpytorch_mll(mll)
+        except (ModelFittingError, NotPSDError, RuntimeError) as error:
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise GPFitError(f"{type(error).__name__}: {first}"[:200]) from error
     model.eval()
     return model
 
 
 def posterior(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with torch.no_grad():
         post = model.posterior(x)
         return post.mean.squeeze(-1), post.variance.clamp_min(1e-12).sqrt().squeeze(-1)
 
@@ -311,7 +314,10 @@ def constraint_band(x: Sequence[float], values: Sequence[float], upper: float, a
         return None
     train_x = torch.tensor(list(x), dtype=DTYPE).unsqueeze(-1)
     train_y = bilog(torch.tensor(list(values), dtype=DTYPE) - upper)
-    mean, std = posterior(fit_gp(train_x, train_y, seed), torch.tensor(list(at), dtype=DTYPE).unsqueeze(-1))
+    try:
+        mean, std = posterior(fit_gp(train_x, train_y, seed), torch.tensor(list(at), dtype=DTYPE).unsqueeze(-1))
+    except GPFitError:  # no band rather than a prior-only one
+        return None
 
     def back(z: torch.Tensor) -> list[float]:
         return (bilog_inverse(z) + upper).tolist()
