@@ -202,10 +202,34 @@ def memorization_plot(result: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out)
 
 
+def lc_convergence(result: dict[str, Any], out: Path) -> Path | None:
+    """L-C of the final model: distance of the weights from their compressed form and the penalty
+    weight mu per C step. A distance that is still high at the end means L-C had too few steps."""
+    trace = (result.get("test") or {}).get("lc_trace")
+    if not trace:
+        return None
+    steps = [t["step"] for t in trace]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(steps, [t["distance"] for t in trace], marker="o", color=ACCENT, label="||w - Δ(θ)|| / ||w||")
+    ax.set_xlabel("training step of the C step")
+    ax.set_ylabel("relative distance (log)")
+    ax.set_yscale("log")
+    mu_axis = ax.twinx()
+    mu_axis.plot(steps, [t["mu"] for t in trace], ls="--", color=INFEASIBLE, label="μ")
+    mu_axis.set_ylabel("μ (log)")
+    mu_axis.set_yscale("log")
+    ax.set_title(f"L-C convergence of the final model (final distance {trace[-1]['distance']:.3g})")
+    lines = ax.get_legend_handles_labels()
+    more = mu_axis.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8)
+    return _save(fig, out)
+
+
 PLOTS = [
     ("search-trace.png", "Search trace", search_trace),
     ("accuracy-vs-ratio.png", "Accuracy and mismatches vs compression ratio", accuracy_vs_ratio),
     ("per-class-mismatches.png", "Per-class mismatches", per_class_mismatches),
     ("layer-density.png", "Per-layer density", layer_densities),
     ("memorization.png", "Memorization vs flipped examples", memorization_plot),
+    ("lc-convergence.png", "L-C convergence", lc_convergence),
 ]
