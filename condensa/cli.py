@@ -14,7 +14,33 @@ from collections.abc import Sequence
 
 from . import __version__, commands
 from .config import load_config
-from .errors import CondensaError
+from .errors import CondensaError, CondensaWarning
+
+
+class UsageError(CondensaError):
+    """A command-line syntax error (argparse's), shown as one line like every other bad input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``--help`` still prints the usage, a mistake prints only
+    ``condensa: error: <argument>: <what is wrong>`` (exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(_usage_message(message, self.prog))
+
+
+def _usage_message(message: str, prog: str) -> str:
+    """argparse's message reworded to start with the argument it is about."""
+    see = f"see '{prog} --help'"
+    if message.startswith("argument "):  # "argument --seed: invalid int value: 'x'"
+        return f"{message[len('argument '):]}; {see}"
+    if message.startswith("the following arguments are required: "):
+        names = message.split(": ", 1)[1]
+        return f"{names}: required; {see}"
+    if message.startswith("unrecognized arguments: "):
+        names = message.split(": ", 1)[1]
+        return f"{names}: unrecognized argument{'s' if ' ' in names else ''}; {see}"
+    return f"{message}; {see}"
 
 EXAMPLES = {
     "search": """
@@ -56,7 +82,7 @@ def _common(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="condensa", description="Programmable model compression for PyTorch.")
+    parser = _Parser(prog="condensa", description="Programmable model compression for PyTorch.")
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     helps = {
@@ -118,22 +144,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Every warning as one line (Python's default adds the source line that raised it)."""
+    text = " ".join(str(message).split())
+    prefix = "condensa: warning: " if issubclass(category, CondensaWarning) else f"condensa: warning: {category.__name__}: "
+    print(prefix + text, file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # Library deprecation chatter (torch.jit, onnx) is noise for CLI users; errors still surface.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-    try:
-        return run(args)
-    except CondensaError as error:
-        message = " ".join(str(error).split())
-        print(f"condensa: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("condensa: interrupted (a search resumes from its journal when re-run)", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # the CLI's warning display stays out of Python callers of main()
+        # Library deprecation chatter (torch.jit, onnx) is noise for CLI users; errors still surface.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+        warnings.showwarning = _show_warning
+        try:
+            return run(build_parser().parse_args(argv))
+        except CondensaError as error:
+            message = " ".join(str(error).split())
+            print(f"condensa: error: {message}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("condensa: interrupted (a search resumes from its journal when re-run)", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,6 +43,10 @@ class UntrustedCodeError(CondensaError, PermissionError):
     """A file condensa read names code to import, and the caller did not pass ``trust_code``."""
 
 
+class FolderInUseError(CondensaError, RuntimeError):
+    """Another condensa run holds the output folder's lock (one run per folder at a time)."""
+
+
 class EvaluationError(CondensaError, RuntimeError):
     """One evaluation of a search failed in a way that says nothing about the others (the search
     records it as failed and goes on)."""
@@ -50,3 +54,7 @@ class EvaluationError(CondensaError, RuntimeError):
 
 class RecoveryError(EvaluationError):
     """Recovery diverged (NaN or inf loss)."""
+
+
+class CondensaWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as one line)."""
