@@ -8,18 +8,27 @@ overrides are applied to the raw mapping before validation, so they get the same
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .data.loaders import DATA_SETS
+from .data.digits import TEST_FRACTION as DIGITS_TEST_FRACTION
+from .data.loaders import DATA_SETS, VISION_DATA_SETS
 from .device import DEVICES
 from .errors import ConfigError
 from .recovery.config import check_training
 from .schema import from_dict
 from .search import check_settings
+
+#: deepest nesting a config value may have (YAML and JSON readers recurse)
+MAX_DEPTH = 64
+#: the safe loader, in C when PyYAML has LibYAML (the Python scanner takes seconds on pathological input)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: seeds go to torch, numpy and scikit-learn; the last accepts [0, 2**32 - 1]
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -110,21 +119,60 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's multi-line explanation as ``" at line L, column C: problem"``."""
+    if isinstance(error, yaml.reader.ReaderError):
+        return f" at position {error.position}: unacceptable character #x{error.character:04x}"
+    mark = getattr(error, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{at}: {problem}"
+
+
+def _check_depth(node: Any, where: str) -> None:
+    """Refuse absurdly nested values before anything recurses over them (a RecursionError later
+    would be a traceback); the error names the top-level key ``where`` holds it under."""
+    stack = [(node, 0, where)]
+    while stack:
+        value, depth, key = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{key or 'config'}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1, key or str(k)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1, key) for v in value)
+
+
+def _parse_override(path: str, text: str) -> Any:
+    if not text:
+        return None
+    try:
+        value = yaml.load(text, Loader=_LOADER)
+    except yaml.YAMLError as error:
+        shown = repr(text if len(text) <= 40 else text[:37] + "...")
+        raise ConfigError(f"{path}: --set value {shown} is not valid YAML{_yaml_problem(error)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: --set value nested more than {MAX_DEPTH} levels deep") from None
+    _check_depth(value, path)
+    return value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides (values parsed as YAML) to a raw config mapping."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set: expected key.path=value, got {item!r}")
         path, _, text = item.partition("=")
-        value = yaml.safe_load(text) if text else None
-        node = raw
         keys = path.strip().split(".")
+        if "=" not in item or not all(keys):
+            raise ConfigError(f"--set: expected key.path=value, got {item!r}")
+        path = ".".join(keys)
+        value = _parse_override(path, text)
+        node = raw
         for key in keys[:-1]:
             child = node.get(key)
             if child is None:
                 child = node[key] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {path}: '{key}' is not a section")
+                raise ConfigError(f"{path}: --set cannot set a key inside '{key}', which is not a section")
             node = child
         node[keys[-1]] = value
     return raw
@@ -135,6 +183,7 @@ def parse_config(raw: Any, overrides: list[str] | None = None) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config: the top level must be a mapping of sections, got {type(raw).__name__}")
+    _check_depth(raw, "")
     raw = apply_overrides(raw, overrides or [])
     config = from_dict(Config, raw, "")
     validate(config)
@@ -142,35 +191,79 @@ def parse_config(raw: Any, overrides: list[str] | None = None) -> Config:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file (UTF-8)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config: {path} is a directory; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config: file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"config: cannot read {path}: {error.strerror or error}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        utf16 = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"config: {path} is not UTF-8 text{utf16}: byte 0x{data[error.start]:02x} at offset "
+                          f"{error.start}; save the config as UTF-8 YAML") from None
+    try:
+        raw = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config: {path} is not valid YAML{at}: {getattr(error, 'problem', error)}") from None
+        raise ConfigError(f"config: {path} is not valid YAML{_yaml_problem(error)}") from None
+    except RecursionError:
+        raise ConfigError(f"config: {path} is nested more than {MAX_DEPTH} levels deep") from None
     return parse_config(raw, overrides)
+
+
+def _check_int(where: str, value: Any, low: int, high: int | None = None, *, null: bool = False) -> None:
+    if value is None and null:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+        raise ConfigError(f"{where}: must be {allowed}{' or null' if null else ''}, got {value!r}")
 
 
 def validate(config: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     if config.device not in DEVICES and not config.device.startswith("cuda:"):
         raise ConfigError(f"device: must be one of {list(DEVICES)}, got {config.device!r}")
-    if config.data.name not in DATA_SETS:
-        raise ConfigError(f"data.name: must be one of {list(DATA_SETS)}, got {config.data.name!r}")
-    if config.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size: must be >= 1, got {config.data.batch_size}")
+    _check_int("seed", config.seed, 0, MAX_SEED)
+    _check_data(config.data)
     check_training("model.train", **dataclasses.asdict(config.model.train))
     search = config.search
     check_settings(budget=search.budget, method=search.method, recommend=search.recommend, n_init=search.n_init,
                    direction=search.direction)
+    _check_int("search.eval_epochs", search.eval_epochs, 0, null=True)
     for i, item in enumerate(search.constraints):
         where = f"search.constraints[{i}]"
         constraint = from_dict(ConstraintConfig, item, where)
-        if constraint.upper < 0:
-            raise ConfigError(f"{where}.upper: must be >= 0 (a bound on a drop or a rate), got {constraint.upper}")
-    if config.strategy.scheme is None and config.strategy.ops is None:
+        if not math.isfinite(constraint.upper) or constraint.upper < 0:
+            raise ConfigError(f"{where}.upper: must be a finite number >= 0 (a bound on a drop or a rate), got {constraint.upper}")
+    metrics = config.metrics
+    _check_int("metrics.latency_batch_size", metrics.latency_batch_size, 1)
+    _check_int("metrics.latency_repeats", metrics.latency_repeats, 1)
+    _check_int("metrics.memorization_models", metrics.memorization_models, 2)  # each example needs models with and without it
+    _check_int("metrics.memorization_epochs", metrics.memorization_epochs, 1)
+    strategy = config.strategy
+    if strategy.ops is not None and not strategy.ops and not strategy.scheme:
+        raise ConfigError("strategy.ops: the list is empty; give at least one operator, e.g. [{Prune: {density: 0.1}}]")
+    if strategy.scheme is None and strategy.ops is None:
         raise ConfigError("strategy: give 'scheme' (with optional 'args') or 'ops'")
+
+
+def _check_data(data: DataConfig) -> None:
+    if data.name not in DATA_SETS:
+        raise ConfigError(f"data.name: must be one of {list(DATA_SETS)}, got {data.name!r}")
+    _check_int("data.batch_size", data.batch_size, 1)
+    _check_int("data.split_seed", data.split_seed, 0, MAX_SEED)
+    _check_int("data.limit", data.limit, 1, null=True)
+    _check_int("data.seq_len", data.seq_len, 1)
+    _check_int("data.image_size", data.image_size, 1, null=True)
+    if data.image_size is not None and data.name not in VISION_DATA_SETS:
+        raise ConfigError(f"data.image_size: applies to {' and '.join(VISION_DATA_SETS)} only, not to {data.name}; remove it")
+    if not 0 < data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction: must be a number in (0, 1), got {data.val_fraction}")
+    if data.name == "digits" and data.val_fraction >= 1 - DIGITS_TEST_FRACTION:
+        raise ConfigError(f"data.val_fraction: digits keeps a fixed {DIGITS_TEST_FRACTION:.0%} for test, so the validation share "
+                          f"of all images must be below {1 - DIGITS_TEST_FRACTION:g}, got {data.val_fraction}")

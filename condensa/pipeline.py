@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,16 +24,57 @@ from .config import Config, MetricsConfig, parse_config
 from .data import Splits
 from .data.loaders import data_key, load_splits, splits_key
 from .device import resolve_device
-from .errors import ConfigError
-from .loading import load_callable
+from .errors import CondensaWarning, ConfigError, KnobError, LayerSelectionError
+from .loading import is_file_spec, load_callable
 from .metrics import OBJECTIVE_METRICS, count_flops, footprint, measure_latency, mismatches, overall_density, predict
 from .metrics.accuracy import Predictions
 from .models.reference import load_weights, train_reference
 from .models.registry import build_model
 from .operators import Strategy, finalize
 from .operators.base import Record, measure_record
-from .recovery import RecoveryConfig, TrainConfig, recover
+from .recovery import RecoveryConfig, TrainConfig, check_distributed, recover
 from .strategies import build_strategy
+
+#: the numbers ``Workspace.evaluate`` measures: what a search objective or constraint can name
+METRICS = (
+    "reference_accuracy", "accuracy", "accuracy_drop", "nll", "reference_nll", "perplexity", "reference_perplexity",
+    "perplexity_increase", "mismatches", "mismatch_rate", "mismatches_ref_correct", "mismatch_rate_ref_correct",
+    "mismatches_ref_wrong", "mismatch_bias", "density", "footprint_bytes", "reference_bytes", "compression_ratio",
+    "flops_dense", "flops_effective", "flops_ratio", "seconds",
+)
+#: measured only with ``metrics.latency: true`` (or the ``latency`` objective)
+LATENCY_METRICS = ("latency_ms", "latency_batch_size", "latency_threads", "latency_repeats")
+
+
+def is_callable_spec(objective: str) -> bool:
+    """True when a config's objective names a function (``pkg.module:function`` / ``file.py:function``)."""
+    return objective not in OBJECTIVE_METRICS and (":" in objective or is_file_spec(objective))
+
+
+def check_metric_names(search: Any, metrics: MetricsConfig) -> None:
+    """Refuse an objective or constraint metric that no evaluation produces, before any training
+    (afterwards the journal header is written and the corrected command would be a new config)."""
+    callable_objective = is_callable_spec(search.objective)
+    known = list(METRICS)
+    if metrics.latency or search.objective == "latency":
+        known += LATENCY_METRICS
+    if callable_objective:
+        known.append("objective")
+
+    def check(name: str, where: str, keywords: tuple[str, ...] = ()) -> None:
+        if name in known or name in keywords:
+            return
+        if name in LATENCY_METRICS:
+            raise ConfigError(f"{where}: '{name}' is measured only with metrics.latency: true")
+        close = difflib.get_close_matches(name, list(keywords) + known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        allowed = f"{', '.join(keywords)}, a function 'pkg.module:function' or a metric: " if keywords else ""
+        raise ConfigError(f"{where}: no evaluation measures '{name}'{hint}; use {allowed}{', '.join(known)}")
+
+    if not callable_objective:
+        check(search.objective, "search.objective", tuple(OBJECTIVE_METRICS))
+    for i, constraint in enumerate(search.constraints):
+        check(constraint["metric"], f"search.constraints[{i}].metric")
 
 
 @dataclass
@@ -67,6 +110,7 @@ class Workspace:
         metrics: MetricsConfig | None = None,
         batch_size: int = 256,
         log: Callable[[str], None] = print,
+        objective_fn: Callable | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -79,29 +123,41 @@ class Workspace:
         self.metrics_config = metrics or MetricsConfig()
         self.log = log
         self._reference_predictions: dict[str, Predictions] = {}
-        self._objective_fn: Callable | None = None
+        self._objective_fn: Callable | None = objective_fn
         if callable(objective):
             self._objective_fn = objective
-        elif objective not in OBJECTIVE_METRICS and ":" in objective:
+        elif objective_fn is None and is_callable_spec(objective):
             self._objective_fn = load_callable(objective, "search.objective")
-        self.recovery_config()  # validate early: a typo should fail before any training
+        recovery_config = self.recovery_config()  # validate early: a typo should fail before any training
+        if recovery_config.amp == "fp16" and self.device.type != "cuda":
+            warnings.warn(f"recovery.amp: fp16 autocast needs CUDA; on {self.device.type} recovery runs bf16 autocast "
+                          "instead (set amp: bf16 to say so)", CondensaWarning, stacklevel=2)
 
     @classmethod
     def from_config(cls, config: Config, *, log: Callable[[str], None] = print, cache: str | None = None,
-                    splits: Splits | None = None) -> Workspace:
+                    splits: Splits | None = None, check: Callable[[Strategy], None] | None = None) -> Workspace:
         """Load data, build (train or load) the reference model and the strategy of a config.
 
         ``splits`` replaces the config's data section (Python users with their own data); the
         reference is then trained on them, cached under a hash of their contents.
+        ``check(strategy)`` runs before the reference is trained.
         """
+        check_metric_names(config.search, config.metrics)
+        recovery = RecoveryConfig.from_dict(dict(config.recovery), where="recovery")  # fail before any training
+        check_distributed(recovery)
+        objective_fn = None
+        if is_callable_spec(config.search.objective):
+            objective_fn = load_callable(config.search.objective, "search.objective")
         device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         key = data_key(config.data) if splits is None else splits_key(splits)
         splits = load_splits(config.data) if splits is None else splits
         model_cfg = config.model
         strategy = build_strategy(config.strategy.scheme, config.strategy.args, config.strategy.ops)
-        check_strategy(strategy, build_model(model_cfg.name, **model_cfg.kwargs))
-        RecoveryConfig.from_dict(dict(config.recovery), where="recovery")  # fail before any training
+        check_strategy(strategy, build_model(model_cfg.name, **model_cfg.kwargs),
+                       where="strategy.ops" if config.strategy.ops else "strategy.scheme")
+        if check is not None:
+            check(strategy)
         if model_cfg.checkpoint:
             reference = load_weights(build_model(model_cfg.name, **model_cfg.kwargs), model_cfg.checkpoint)
         else:
@@ -112,7 +168,7 @@ class Workspace:
             )
         return cls(reference, splits, strategy, recovery=config.recovery, device=config.device, seed=config.seed,
                    objective=config.search.objective, metrics=config.metrics,
-                   batch_size=config.data.batch_size, log=log)
+                   batch_size=config.data.batch_size, log=log, objective_fn=objective_fn)
 
     # -- data ---------------------------------------------------------------------------------
     def split(self, name: str):
@@ -180,8 +236,9 @@ class Workspace:
                                            repeats=self.metrics_config.latency_repeats))
         if self._objective_fn is not None:
             value = self._objective_fn(model, metrics)
-            if not isinstance(value, (int, float)):
-                raise ConfigError(f"search.objective: {self.objective} returned {value!r}, not a number")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                name = self.objective if isinstance(self.objective, str) else getattr(self.objective, "__name__", "objective")
+                raise ConfigError(f"search.objective: {name} returned {value!r}; it must return a finite number")
             metrics["objective"] = float(value)
         return metrics
 
@@ -210,12 +267,18 @@ class Workspace:
         return compute
 
 
-def check_strategy(strategy: Strategy, model: nn.Module) -> None:
+def check_strategy(strategy: Strategy, model: nn.Module, where: str | None = None) -> None:
     """Apply ``strategy`` (open knobs at their midpoints) to an untrained model, so a layer pattern
-    that matches nothing or an N:M shape mismatch fails in a second, not after training."""
+    that matches nothing or an N:M shape mismatch fails in a second, not after training. ``where``
+    (the config field) starts the error message."""
     knobs = strategy.knobs()
-    probe = strategy.bind({name: spec.from_unit(0.5) for name, spec in knobs.items()}) if knobs else strategy
-    probe.apply(model)
+    try:
+        probe = strategy.bind({name: spec.from_unit(0.5) for name, spec in knobs.items()}) if knobs else strategy
+        probe.apply(model)
+    except (ConfigError, KnobError, LayerSelectionError) as error:
+        if where is None:
+            raise
+        raise type(error)(f"{where}: {error}") from None
 
 
 def _likelihood(reference: Predictions, compressed: Predictions) -> dict[str, float]:
@@ -273,4 +336,5 @@ def workspace(
     return created
 
 
-__all__ = ["Workspace", "CompressedModel", "workspace", "result_summary", "check_strategy"]
+__all__ = ["Workspace", "CompressedModel", "workspace", "result_summary", "check_strategy",
+           "check_metric_names", "METRICS", "LATENCY_METRICS"]

@@ -34,7 +34,12 @@ def load_scheme(spec: str, args: dict[str, Any] | None = None) -> Strategy:
     unknown = [key for key in args if key not in allowed]
     if unknown:
         raise ConfigError(f"strategy.args: unknown argument(s) {unknown} for scheme '{spec}'; allowed: {allowed}")
-    strategy = function(**args)
+    try:
+        strategy = function(**args)
+    except CondensaError as error:  # an operator refused an argument, e.g. a density choice outside (0, 1]
+        raise type(error)(f"strategy.args: {error}") from None
+    except Exception as error:  # noqa: BLE001 - a scheme is user code and may raise anything; one line
+        raise ConfigError(f"strategy.scheme: '{spec}' raised {type(error).__name__}: {error}") from error
     if not isinstance(strategy, Strategy):
         raise ConfigError(f"strategy.scheme: '{spec}' returned {type(strategy).__name__}, not a condensa strategy")
     return strategy

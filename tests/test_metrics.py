@@ -241,3 +241,20 @@ def test_session_cache_is_private(_private_cache):
     assert os.environ["CONDENSA_CACHE"] == _private_cache
     assert cache_dir() == Path(_private_cache)
     assert Path.home() / ".cache" / "condensa" not in (cache_dir(), *cache_dir().parents)
+
+
+def test_the_metric_names_a_config_may_use_are_the_ones_an_evaluation_measures():
+    """``pipeline.METRICS`` (checked against objectives and constraints before training) must stay
+    what ``Workspace.evaluate`` really returns."""
+    from condensa import Prune
+    from condensa.config import MetricsConfig
+    from condensa.data import digits_splits
+    from condensa.models.digits import DigitsCNN
+    from condensa.pipeline import LATENCY_METRICS, METRICS, Workspace
+
+    splits = digits_splits(limit=40)
+    workspace = Workspace(DigitsCNN(), splits, recovery={"method": "none"}, device="cpu", objective=lambda model, m: 1.0,
+                          metrics=MetricsConfig(latency=True, latency_repeats=1))
+    metrics = workspace.evaluate(Prune(0.5)).metrics
+    numbers = {k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert numbers == set(METRICS) | set(LATENCY_METRICS) | {"objective"}

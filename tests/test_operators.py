@@ -531,15 +531,23 @@ def test_compose_quantize_first_still_masks_before_quantizing(tiny):
         assert torch.equal(params.get_mask(model.get_submodule(n), "weight"), params.get_mask(a.get_submodule(n), "weight"))
 
 
-def test_two_prunes_and_their_masks(tiny):
-    model, record = Compose([Prune(0.5), Prune(0.25)]).apply(tiny)
-    first, _ = Prune(0.5).apply(tiny)
-    total = sum(eff(tiny, n).numel() for n in WEIGHTS)
-    assert sum(nnz(eff(model, n)) for n in WEIGHTS) == round(0.25 * total)
-    for n in WEIGHTS:
+def test_two_prunes_on_one_weight_are_refused_on_separate_layers_they_compose(tiny):
+    # On one weight the masks would AND and one density would silently not count.
+    with pytest.raises(LayerSelectionError, match="Prune at positions 0 and 1 both prune 'conv1.weight'"):
+        Compose([Prune(0.5), Prune(0.25)]).apply(tiny)
+    model, record = Compose([Prune(0.5, layers=["Conv2d"]), Prune(0.25, layers=["Linear"])]).apply(tiny)
+    assert record.layers["conv1.weight"].ops == ["prune"] and record.layers["fc1.weight"].ops == ["prune"]
+    convs = [n for n in WEIGHTS if n.startswith("conv")]
+    assert sum(nnz(eff(model, n)) for n in convs) == round(0.5 * sum(eff(tiny, n).numel() for n in convs))
+
+
+def test_different_pruning_operators_and_their_masks(tiny):
+    model, record = Compose([NMPrune(2, 4, layers=["Linear"]), Prune(0.25, layers=["Linear"], scope="layer")]).apply(tiny)
+    first, _ = NMPrune(2, 4, layers=["Linear"]).apply(tiny)
+    for n in ("fc1", "fc2"):
         m, f = params.get_mask(model.get_submodule(n), "weight"), params.get_mask(first.get_submodule(n), "weight")
         assert not (m & ~f).any()  # the second mask lies inside the first
-        assert record.layers[f"{n}.weight"].ops == ["prune", "prune"]
+        assert record.layers[f"{n}.weight"].ops == ["nm2:4", "prune"]
 
 
 def test_structured_then_unstructured_prune_keeps_pruned_filters_dead(tiny):

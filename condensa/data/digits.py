@@ -14,8 +14,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import DataError
+
 NUM_CLASSES = 10
 INPUT_SHAPE = (1, 8, 8)
+#: share of the 1,797 images held out for test (fixed, so test figures stay comparable)
+TEST_FRACTION = 0.2
 
 
 class IndexedTensorDataset(Dataset):
@@ -30,6 +34,10 @@ class IndexedTensorDataset(Dataset):
     def __getitem__(self, i: int):
         return self.inputs[i], self.labels[i]
 
+    def head(self, n: int | None) -> IndexedTensorDataset:
+        """The first ``n`` examples (all when ``n`` is None)."""
+        return self if n is None else IndexedTensorDataset(self.inputs[:n], self.labels[:n], self.indices[:n])
+
 
 @dataclass
 class Splits:
@@ -40,7 +48,10 @@ class Splits:
     input_shape: tuple[int, ...]
 
 
-def digits_splits(seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Splits:
+def digits_splits(seed: int = 0, val_fraction: float = 0.2, test_fraction: float = TEST_FRACTION,
+                  limit: int | None = None) -> Splits:
+    """Stratified train/validation/test splits; ``val_fraction`` and ``test_fraction`` are shares
+    of all 1,797 images, ``limit`` caps the examples of each split."""
     # scikit-learn costs 2 s of start-up that only the digits data needs
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -50,9 +61,12 @@ def digits_splits(seed: int = 0, val_fraction: float = 0.2, test_fraction: float
     labels = data.target.astype(np.int64)
     ids = np.arange(len(labels))
     rest, test_ids = train_test_split(ids, test_size=test_fraction, stratify=labels, random_state=seed)
-    train_ids, val_ids = train_test_split(
-        rest, test_size=val_fraction / (1 - test_fraction), stratify=labels[rest], random_state=seed
-    )
+    try:
+        train_ids, val_ids = train_test_split(
+            rest, test_size=val_fraction / (1 - test_fraction), stratify=labels[rest], random_state=seed
+        )
+    except ValueError as error:  # too few images of a class on one side of the split
+        raise DataError(f"data.val_fraction: {val_fraction} leaves a split too small for the 10 classes ({error})") from None
     mean, std = images[train_ids].mean(), images[train_ids].std()
 
     def make(split_ids: np.ndarray) -> IndexedTensorDataset:
@@ -60,4 +74,4 @@ def digits_splits(seed: int = 0, val_fraction: float = 0.2, test_fraction: float
         x = torch.from_numpy((images[split_ids] - mean) / std).unsqueeze(1)
         return IndexedTensorDataset(x, torch.from_numpy(labels[split_ids]), torch.from_numpy(split_ids))
 
-    return Splits(make(train_ids), make(val_ids), make(test_ids), NUM_CLASSES, INPUT_SHAPE)
+    return Splits(make(train_ids).head(limit), make(val_ids).head(limit), make(test_ids).head(limit), NUM_CLASSES, INPUT_SHAPE)

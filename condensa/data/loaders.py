@@ -20,6 +20,8 @@ from .text import text_splits
 
 #: the data sets a config can name (``data.name``)
 DATA_SETS = ("digits", "cifar10", "imagefolder", "text")
+#: the data sets of images that ``data.image_size`` resizes
+VISION_DATA_SETS = ("cifar10", "imagefolder")
 
 
 class _Indexed(Dataset):
@@ -43,7 +45,7 @@ def _split_train_val(train: Dataset, fraction: float, seed: int) -> tuple[list[i
 
 
 def _limit(ids: list[int], limit: int | None) -> list[int]:
-    return ids[:limit] if limit else ids
+    return ids if limit is None else ids[:limit]
 
 
 def _require_dir(root: Any, name: str) -> Path:
@@ -103,7 +105,7 @@ def _vision_splits(config: Any) -> Splits:
 def load_splits(config: Any) -> Splits:
     """Splits for a :class:`condensa.config.DataConfig`."""
     if config.name == "digits":
-        splits = digits_splits(seed=config.split_seed)
+        splits = digits_splits(seed=config.split_seed, val_fraction=config.val_fraction, limit=config.limit)
     elif config.name in ("cifar10", "imagefolder"):
         splits = _vision_splits(config)
     elif config.name == "text":

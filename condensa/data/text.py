@@ -60,11 +60,11 @@ def text_splits(config: Any) -> Splits:
         text = stdlib_text(total)
     ids = encode(text)
     stride = max(1, seq_len // 2)
-    if len(ids) < seq_len + 10 * stride + 1:
-        raise DataError(f"data: text too short for seq_len={seq_len} ({len(ids)} characters)")
-    starts = torch.arange(0, len(ids) - seq_len - 1, stride)
+    starts = torch.arange(0, max(0, len(ids) - seq_len - 1), stride)
     if len(starts) < 10:
-        raise DataError(f"data: text too short for seq_len={seq_len} ({len(ids)} characters)")
+        where = f"data.root: {config.root}" if config.root else "data.seq_len: the standard library's text"
+        raise DataError(f"{where} is too short for seq_len={seq_len}: {len(ids)} characters give {len(starts)} windows, "
+                        "fewer than 10")
     windows = torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
     labels = ids[starts + seq_len]
     # Contiguous blocks (not a shuffle), so validation/test text is unseen by training.

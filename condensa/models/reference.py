@@ -45,7 +45,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     or a ``.pt`` state dict read with ``weights_only=True`` (tensors only, no code)."""
     path = Path(path)
     if path.is_dir():
-        raise ModelError(f"model.checkpoint: {path} is a folder; give a .safetensors or state-dict .pt file")
+        raise ModelError(f"model.checkpoint: {path} is a directory; give a .safetensors file or a state-dict .pt file")
     if not path.is_file():
         raise ModelError(f"model.checkpoint: file {path} does not exist")
     try:
@@ -61,6 +61,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     except READ_ERRORS as error:
         first = (str(error).strip().splitlines() or [""])[0]
         raise CheckpointError(f"model.checkpoint: cannot read {path} safely: {type(error).__name__}: {first}") from error
+    if isinstance(state, dict):
+        broken = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:
+            raise CheckpointError(f"model.checkpoint: {path} holds NaN or infinite values in {len(broken)} of {len(state)} "
+                                  f"tensors (first: '{broken[0]}'); it was saved from a diverged or corrupted training")
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -48,7 +48,7 @@ def resolve_factory(spec: str | Callable[..., nn.Module]) -> Callable[..., nn.Mo
     if callable(spec):
         return spec
     if not isinstance(spec, str) or not spec:
-        raise ModelError(f"model.name must be a non-empty string, got {spec!r}")
+        raise ModelError(f"model.name: must be a non-empty string, got {spec!r}")
     if spec in REGISTRY:
         return REGISTRY[spec]
     if ":" in spec or is_file_spec(spec):
@@ -68,7 +68,7 @@ def build_model(spec: str | Callable[..., nn.Module], **kwargs: Any) -> nn.Modul
     try:
         model = factory(**kwargs)
     except Exception as error:  # noqa: BLE001 - a user factory can raise anything; report it in one line
-        raise ModelError(f"model factory '{spec}' raised {type(error).__name__}: {error}") from error
+        raise ModelError(f"model.name: factory '{spec}' raised {type(error).__name__}: {error}") from error
     if not isinstance(model, nn.Module):
-        raise ModelError(f"model factory '{spec}' returned {type(model).__name__}, not an nn.Module")
+        raise ModelError(f"model.name: factory '{spec}' returned {type(model).__name__}, not an nn.Module")
     return model

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import ConfigError, KnobError
+from ..errors import ConfigError, KnobError, LayerSelectionError
 from ..knobs import Choice, KnobSpec, Range, check_value, is_open, knob_from_dict
 from . import params
 
@@ -139,6 +139,8 @@ class Operator(Strategy):
     """Base class of the compression operators (subclasses are frozen dataclasses)."""
 
     label: ClassVar[str] = "operator"
+    #: True for pruning operators: the same one twice on a tensor is refused by ``Compose``
+    prunes: ClassVar[bool] = False
     #: names of fields that may be open knobs
     tunable: ClassVar[tuple[str, ...]] = ()
 
@@ -225,8 +227,18 @@ class Compose(Strategy):
         return Compose(bound)
 
     def _apply(self, model: nn.Module, touched: dict[str, list[str]]) -> None:
-        for op in self.ops:
+        pruned_by: dict[tuple[str, str], int] = {}  # (pruning operator class, tensor) -> position in ops
+        for i, op in enumerate(self.ops):
+            before = {key: len(labels) for key, labels in touched.items()}
             op._apply(model, touched)
+            if not (isinstance(op, Operator) and op.prunes):
+                continue
+            for key in (k for k, labels in touched.items() if len(labels) > before.get(k, 0)):
+                first = pruned_by.setdefault((type(op).__name__, key), i)
+                if first != i:
+                    raise LayerSelectionError(
+                        f"{type(op).__name__} at positions {first} and {i} both prune '{key}': their masks would AND, so "
+                        f"one density would silently not count; give each {type(op).__name__} its own layers (or exclude)")
 
     def to_dict(self) -> dict[str, Any]:
         return {"Compose": [op.to_dict() for op in self.ops]}
@@ -236,6 +248,12 @@ class Compose(Strategy):
 
 
 def check_density(op: Operator, value: Any) -> None:
+    if isinstance(value, Choice):
+        for option in value.options:
+            if isinstance(option, bool) or not isinstance(option, (int, float)) or not 0 < option <= 1:
+                raise ConfigError(f"{type(op).__name__}.density choices must be numbers in (0, 1], got {option!r} "
+                                  f"in {list(value.options)}")
+        return
     if is_open(value):
         if value.low <= 0 or value.high > 1:  # type: ignore[union-attr]
             raise ConfigError(f"{type(op).__name__}.density range must lie in (0, 1], got {value.describe()}")

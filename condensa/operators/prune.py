@@ -1,7 +1,9 @@
 """Unstructured pruning operators: magnitude (global or per layer), block, and N:M.
 
 All rank by magnitude of the current *masked* weights, so applying an operator twice gives the
-same mask (idempotent), and composing two pruning operators ANDs their masks.
+same mask (idempotent), and composing two different pruning operators (N:M then Prune) ANDs their
+masks. ``Compose`` refuses the same pruning operator twice on one tensor (two Prune densities on
+one weight: the masks AND, so one density would silently not count).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Prune(Operator):
     scope: str = "global"
 
     label = "prune"
+    prunes = True
     tunable = ("density",)
 
     def validate(self) -> None:
@@ -86,6 +89,7 @@ class BlockPrune(Operator):
     scope: str = "layer"
 
     label = "block"
+    prunes = True
     tunable = ("density",)
 
     def __post_init__(self) -> None:
@@ -170,6 +174,7 @@ class NMPrune(Operator):
     exclude: Any = ()
 
     label = "nm"
+    prunes = True
 
     def validate(self) -> None:
         if not (isinstance(self.n, int) and isinstance(self.m, int) and 1 <= self.n < self.m):

@@ -7,6 +7,7 @@ label-preserving teacher-student loss.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -14,10 +15,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed
+from ..errors import ConfigError
 from .config import RecoveryConfig, TrainConfig
 from .lc import lc_recover
 from .losses import DistillLoss
 from .train import ce_loss, train
+
+
+def check_distributed(config: RecoveryConfig) -> None:
+    """``distributed: true`` needs a torchrun launch with several processes (DDP is automatic there)."""
+    if config.distributed and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        raise ConfigError("recovery.distributed: true needs a torchrun launch with 2 or more processes (WORLD_SIZE is "
+                          "unset or 1); under torchrun DDP is automatic, so leave it false")
 
 
 def make_loss(config: RecoveryConfig) -> Callable:
@@ -48,6 +57,7 @@ def recover(
     L-C's convergence per C step (``mu`` and the distance of the weights from their compressed form).
     """
     device = torch.device(device)
+    check_distributed(config)
     if config.method == "none" or (config.method == "finetune" and config.epochs == 0):
         return model.to(device).eval()
     loss_fn = make_loss(config)
@@ -70,4 +80,4 @@ def recover(
     return model
 
 
-__all__ = ["RecoveryConfig", "TrainConfig", "DistillLoss", "recover", "train", "make_loss"]
+__all__ = ["RecoveryConfig", "TrainConfig", "DistillLoss", "recover", "train", "make_loss", "check_distributed"]

@@ -113,6 +113,24 @@ class RecoveryConfig(TrainConfig):
         if self.weights != "auto":
             if not isinstance(self.weights, dict) or set(self.weights) - set(TERMS):
                 raise ConfigError(f"{where}.weights: must be 'auto' or a mapping with keys from {list(TERMS)}, got {self.weights!r}")
+            if not all(_is_number(w) and w >= 0 for w in self.weights.values()) or not sum(self.weights.values()) > 0:
+                raise ConfigError(f"{where}.weights: must be numbers >= 0 with a positive sum (they are normalized to sum 1), "
+                                  f"got {self.weights!r}")
+        checks = {
+            "temperature": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+            "margin": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+            "softadapt_window": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+            "softadapt_beta": (_is_number, "a finite number"),
+            "mu_init": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+            "mu_multiplier": (lambda v: _is_number(v) and v >= 1, "a number >= 1"),
+            "mu_cap": (lambda v: _is_number(v) and v >= self.mu_init, f"a number >= mu_init ({self.mu_init})"),
+            "lc_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+            "mb_iterations_first_l": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+            "mb_iterations_per_l": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok(getattr(self, name)):
+                raise ConfigError(f"{where}.{name}: must be {allowed}, got {getattr(self, name)!r}")
 
     def replace(self, **changes: Any) -> RecoveryConfig:
         """A copy with ``changes`` (``None`` values are ignored: "keep the configured one")."""

@@ -106,7 +106,11 @@ def train(
             if penalty is not None:
                 loss = loss + penalty()
             if not torch.isfinite(loss):
-                raise RecoveryError(f"recovery diverged: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower recovery.lr")
+                if step == 0:  # no update has happened yet: the learning rate cannot be the cause
+                    raise RecoveryError(f"recovery: the loss is {loss.item()} at the first step, before any weight update: "
+                                        "the model's outputs (or the inputs) are not finite")
+                raise RecoveryError(f"recovery.lr: training diverged (loss {loss.item()} at epoch {epoch + 1}, step {step + 1}); "
+                                    "lower recovery.lr")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:  # fp16 on CUDA needs loss scaling; bf16 does not
                 scaler.scale(loss).backward()

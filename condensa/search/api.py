@@ -200,6 +200,8 @@ def search(
     for c in constraints:
         if not isinstance(c, Constraint):
             raise ConfigError(f"search.constraints: expected Constraint objects, got {c!r}")
+        if isinstance(c.upper, bool) or not isinstance(c.upper, (int, float)) or not math.isfinite(c.upper):
+            raise ConfigError(f"search.constraints: the bound of '{c.metric}' must be a finite number, got {c.upper!r}")
     knobs = strategy.knobs()
     if not knobs:
         raise SearchError("the strategy has no open knobs to search")
