@@ -9,7 +9,7 @@ import random
 import pytest
 
 from condensa import Choice, Compose, Prune, Quantize, Range
-from condensa.errors import ConfigError, RecoveryError, SearchError
+from condensa.errors import CondensaWarning, ConfigError, RecoveryError, SearchError
 from condensa.search import Constraint, Objective, accuracy_drop, search
 
 TRUE = 0.04
@@ -188,16 +188,66 @@ def test_journal_from_a_different_config_is_refused(tmp_path):
         search(ONE_KNOB, one_knob_evaluator(), FOOTPRINT, [accuracy_drop(2.0)], budget=2, journal=journal, fingerprint={"model": "digits_cnn"})
 
 
-def test_torn_last_journal_line_is_ignored(tmp_path):
+def finished_journal(tmp_path, budget: int):
     journal = tmp_path / "j.jsonl"
-    search(ONE_KNOB, one_knob_evaluator(), FOOTPRINT, [accuracy_drop(1.0)], budget=3, journal=journal)
-    with open(journal, "a") as handle:
-        handle.write('{"type": "evaluation", "evaluation": {"index": 3, "kn')
-    with pytest.warns(UserWarning, match="torn last line"):
-        result = search(ONE_KNOB, one_knob_evaluator(), FOOTPRINT, [accuracy_drop(1.0)], budget=4, journal=journal)
-    assert result.samples == 4
-    lines = journal.read_text().splitlines()
-    assert len(lines) == 5 and all(json.loads(line) for line in lines)
+    search(ONE_KNOB, one_knob_evaluator(), FOOTPRINT, [accuracy_drop(1.0)], budget=budget, journal=journal)
+    return journal
+
+
+def records(journal) -> list[dict]:
+    return [json.loads(line) for line in journal.read_bytes().split(b"\n") if line.strip()]  # every line parses
+
+
+def test_a_complete_last_record_without_its_newline_is_kept(tmp_path):  # truncate -s -1 journal.jsonl
+    journal = finished_journal(tmp_path, 10)
+    journal.write_bytes(journal.read_bytes()[:-1])
+    calls: list[float] = []
+    result = search(ONE_KNOB, one_knob_evaluator(calls=calls), FOOTPRINT, [accuracy_drop(1.0)], budget=10, journal=journal)
+    assert calls == [] and result.samples == 10  # the 10th record was kept, not re-evaluated
+    search(ONE_KNOB, one_knob_evaluator(calls=calls), FOOTPRINT, [accuracy_drop(1.0)], budget=11, journal=journal)
+    assert len(calls) == 1 and [r["type"] for r in records(journal)] == ["header"] + ["evaluation"] * 11
+    assert list(tmp_path.iterdir()) == [journal]  # nothing was set aside
+
+
+DAMAGE = {
+    "a torn last line": lambda good: good + b'{"type": "evaluation", "evaluation": {"index": 3, "kn',
+    "interleaved writes in the middle": lambda good: good.replace(b"\n", b'\n}{"type": "evaluation", "ev\n', 2),
+    "3,000 random bytes": lambda good: random.Random(7).randbytes(3000).replace(b"\n", b" "),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_unreadable_journal_content_is_set_aside_never_deleted(tmp_path, damage):
+    journal = finished_journal(tmp_path, 3)
+    damaged = DAMAGE[damage](journal.read_bytes())
+    journal.write_bytes(damaged)
+    calls: list[float] = []
+    with pytest.warns(CondensaWarning, match=r"cannot be read .* kept in j\.jsonl\.corrupt-") as warned:
+        result = search(ONE_KNOB, one_knob_evaluator(calls=calls), FOOTPRINT, [accuracy_drop(1.0)], budget=4, journal=journal)
+    corrupt = list(tmp_path.glob("j.jsonl.corrupt-*"))
+    assert len(corrupt) == 1 and corrupt[0].read_bytes() == damaged  # the journal as found, byte for byte
+    assert corrupt[0].name in str(warned[0].message)
+    fresh = damage == "3,000 random bytes"
+    assert len(calls) == (4 if fresh else 1) and result.samples == 4  # every readable evaluation was kept
+    assert [r["type"] for r in records(journal)] == ["header"] + ["evaluation"] * 4
+
+
+def test_evaluations_without_a_readable_header_are_refused_untouched(tmp_path):
+    journal = finished_journal(tmp_path, 2)
+    damaged = b"#" + journal.read_bytes()
+    journal.write_bytes(damaged)
+    with pytest.raises(SearchError, match="2 evaluations but no readable header"):
+        search(ONE_KNOB, one_knob_evaluator(), FOOTPRINT, [accuracy_drop(1.0)], budget=3, journal=journal)
+    assert journal.read_bytes() == damaged and list(tmp_path.iterdir()) == [journal]
+
+
+def test_a_journal_without_evaluations_never_blocks_a_changed_config(tmp_path):
+    journal = tmp_path / "j.jsonl"
+    with pytest.raises(ConfigError, match="no metric 'smallness'"):  # fails at the first evaluation, after the header
+        search(ONE_KNOB, one_knob_evaluator(), Objective("smallness"), [accuracy_drop(1.0)], budget=2, journal=journal)
+    assert [r["type"] for r in records(journal)] == ["header"]
+    result = search(ONE_KNOB, one_knob_evaluator(), FOOTPRINT, [accuracy_drop(1.0)], budget=2, journal=journal)
+    assert result.samples == 2 and records(journal)[0]["fingerprint"]["search"]["objective"]["metric"] == "footprint_bytes"
 
 
 @pytest.mark.parametrize("method", ["grid", "random", "bisection"])
