@@ -17,7 +17,7 @@ from . import runs
 from .config import Config
 from .data.loaders import data_key, load_splits
 from .distributed import is_main_process
-from .errors import KnobError
+from .errors import ConfigError, KnobError
 from .export import load, republish
 from .extras import require
 from .io import atomic_write_json
@@ -43,13 +43,15 @@ def _epoch_progress(desc: str, total: int, quiet: bool) -> tuple[Progress, Calla
 def compress(config: Config, *, out: str | None = None, config_path: str | None = None, quiet: bool = False,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Apply the (concrete) strategy, recover, measure on validation and test, write the result."""
-    start = time.perf_counter()
     out_dir = runs.output_folder(config, out, config_path, "compress")
-    workspace = Workspace.from_config(config, log=log)
+    with runs.exclusive(out_dir):
+        return _compress(config, out_dir, quiet, log)
+
+
+def _compress(config: Config, out_dir: Path, quiet: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    start = time.perf_counter()
+    workspace = Workspace.from_config(config, log=log, check=_concrete)
     strategy = workspace.strategy
-    if strategy.knobs():
-        listing = ", ".join(f"{k} ({v.describe()})" for k, v in strategy.knobs().items())
-        raise KnobError(f"strategy has open knobs: {listing}; use 'condensa search', or fix them, e.g. --set strategy.args.density=0.05")
     recovery = workspace.recovery_config()
     bar, update = _epoch_progress("recovery", max(1, getattr(recovery, "epochs", 1)), quiet)
     with bar:
@@ -76,6 +78,18 @@ def compress(config: Config, *, out: str | None = None, config_path: str | None 
         log(f"compressed {config.model.name} with {type(strategy).__name__} -> {out_dir}")
         log(summary_table(test))
     return result
+
+
+def _concrete(strategy) -> None:
+    if strategy.knobs():
+        listing = ", ".join(f"{k} ({v.describe()})" for k, v in strategy.knobs().items())
+        raise KnobError(f"strategy: has open knobs: {listing}; use 'condensa search', or fix them, e.g. --set strategy.args.density=0.05")
+
+
+def _open(strategy) -> None:
+    if not strategy.knobs():
+        raise KnobError("strategy: has no open knobs to search; give a range, e.g. density: {low: 0.01, high: 0.5, log: true}, "
+                        "or use 'condensa compress'")
 
 
 def memorization_report(workspace: Workspace, config: Config, model, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -118,12 +132,17 @@ def _fingerprint(config: Config, strategy) -> dict[str, Any]:
 def run_search(config: Config, *, out: str | None = None, config_path: str | None = None, quiet: bool = False,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Search the strategy's open knobs, then re-run the best with the full recovery budget on test."""
-    start = time.perf_counter()
     out_dir = runs.output_folder(config, out, config_path, "search")
-    workspace = Workspace.from_config(config, log=log)
+    with runs.exclusive(out_dir):  # one run per folder: two searches would interleave their journal lines
+        return _search(config, out_dir, quiet, log)
+
+
+def _search(config: Config, out_dir: Path, quiet: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    start = time.perf_counter()
+    journal = Journal(out_dir / runs.JOURNAL, writable=is_main_process())  # under torchrun rank 0 writes
+    journal.read()  # a journal edited into something that is no journal fails before any training
+    workspace = Workspace.from_config(config, log=log, check=_open)
     strategy = workspace.strategy
-    if not strategy.knobs():
-        raise KnobError("strategy has no open knobs to search; give a range, e.g. density: {low: 0.01, high: 0.5, log: true}, or use 'condensa compress'")
     search_cfg = config.search
     metric = workspace.objective_metric()
     objective = Objective(metric=metric, direction=search_cfg.direction, cheap=workspace.cheap_objective(strategy))
@@ -140,7 +159,6 @@ def run_search(config: Config, *, out: str | None = None, config_path: str | Non
     def evaluate(bound):
         return workspace.evaluate(bound, split="val", epochs=search_cfg.eval_epochs).metrics
 
-    journal = Journal(out_dir / runs.JOURNAL, writable=is_main_process())  # under torchrun rank 0 writes
     with bar:
         result = search(strategy, evaluate, objective, constraints, budget=search_cfg.budget, seed=config.seed,
                         method=search_cfg.method, journal=journal, fingerprint=_fingerprint(config, strategy),
@@ -197,8 +215,8 @@ def export(run_dir: str | Path, *, out: str | None = None, onnx: bool = True, tr
     if onnx:
         require("onnx", "onnxruntime", "onnxscript")
     run_dir = Path(run_dir)
+    out_dir = runs.writable_folder(Path(out) if out else run_dir.with_name(run_dir.name + "-export"))
     model, manifest, config, _ = runs.load_compressed(run_dir, trust_code=trust_code)
-    out_dir = Path(out) if out else run_dir.with_name(run_dir.name + "-export")
     example = load_splits(config.data).val[0][0].unsqueeze(0) if onnx else None
     manifest = republish(run_dir, out_dir, model, example, manifest)
     atomic_write_json(out_dir / runs.CONFIG, runs.resolved(config))
@@ -217,7 +235,13 @@ def evaluate_export(export_dir: str | Path, *, split: str = "test", device: str 
     """Load a packed checkpoint (an export or run folder; safetensors + JSON only) and measure it
     like ``compress`` does. Code its files name runs only with ``trust_code``."""
     export_dir = Path(export_dir)
-    config = runs.load_run_config(export_dir)
+    if export_dir.is_dir() and not (export_dir / "manifest.json").is_file():
+        made_by = "'condensa search' or 'compress'; export it first: condensa export " if (export_dir / runs.RESULT).is_file() else ""
+        raise ConfigError(f"{export_dir}: no manifest.json, so not a folder written by 'condensa export'"
+                          + (f" (it is the output folder of {made_by}{export_dir})" if made_by else ""))
+    config = runs.load_run_config(export_dir, expected="a folder written by 'condensa export'")
+    out_path = Path(out) / "eval.json" if out else export_dir / f"eval-{split}.json"
+    runs.writable_folder(out_path.parent)
     if device:
         config.device = device
     model, manifest = load(export_dir, trust_code=trust_code)
@@ -227,8 +251,6 @@ def evaluate_export(export_dir: str | Path, *, split: str = "test", device: str 
     metrics = workspace.measure(model, split)
     result = {"command": "eval", "split": split, **result_summary(metrics), "metrics": metrics,
               "manifest_hash": manifest.get("content_hash") if isinstance(manifest, dict) else None, "versions": versions()}
-    out_path = Path(out) / "eval.json" if out else export_dir / f"eval-{split}.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_path, result)
     if not quiet:
         log(f"evaluated {export_dir} on the {split} split -> {out_path}")
@@ -240,6 +262,8 @@ def report(run_dir: str | Path, *, out: str | None = None, quiet: bool = False, 
     require("matplotlib")
     from .report import write_report  # the [report] extra (matplotlib): imported only for reports
 
+    runs.read_result(Path(run_dir))  # a missing or damaged result.json: one line before anything is written
+    runs.writable_folder(Path(out) if out else Path(run_dir))
     paths = write_report(run_dir, out)
     if not quiet:
         log(f"wrote {paths['markdown']} and {paths['html']} ({len(paths) - 2} plots)")

@@ -9,12 +9,13 @@ unpickling a file can run arbitrary code.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, CondensaError, ConfigError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -60,7 +61,41 @@ def json_default(obj: Any) -> Any:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=json_default, allow_nan=True) + "\n")
+    """Write ``obj`` as strict JSON: NaN and infinities (which JSON cannot hold, and which many
+    readers reject) are written as ``null``."""
+    atomic_write_text(path, json.dumps(finite(jsonable(obj)), indent=2, allow_nan=False) + "\n")
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def read_json_object(path: str | os.PathLike, error: type[CondensaError] = ConfigError) -> dict[str, Any]:
+    """A JSON file that must hold an object; a truncated, non-UTF-8, non-JSON or non-object file
+    raises ``error`` naming the file in one line."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+        data = json.loads(text)
+    except OSError as problem:
+        raise error(f"{path}: cannot read: {problem.strerror or problem}") from None
+    except UnicodeDecodeError as problem:
+        raise error(f"{path}: not UTF-8 text (byte at offset {problem.start}); the file is damaged") from None
+    except json.JSONDecodeError as problem:
+        raise error(f"{path}: not valid JSON ({problem.msg} at line {problem.lineno}, column {problem.colno}); "
+                    "the file is truncated or damaged") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply to read") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got a {type(data).__name__}; the file is damaged") from None
+    return data
 
 
 def jsonable(obj: Any) -> Any:

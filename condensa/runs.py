@@ -6,32 +6,40 @@ workspace), ``result.json``, the compressed model as a packed checkpoint (``mode
 ``manifest.json``, exactly what ``condensa export`` writes, so the weights on disk are as small as
 the footprint says) and, for a search, ``journal.jsonl``. Every file is written atomically;
 under ``torchrun`` only rank 0 writes. Reading a run folder back runs no code it names unless the
-caller trusts it (``--trust-code``).
+caller trusts it (``--trust-code``). A run holds the folder's lock (:func:`exclusive`) while it
+works, so two runs never write one folder at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 
 from .config import Config, parse_config
 from .distributed import is_main_process
-from .errors import ConfigError
+from .errors import ConfigError, FolderInUseError
 from .export import load, save
 from .export.manifest import MANIFEST
 from .export.manifest import WEIGHTS as WEIGHTS
-from .io import atomic_write_json, refuse_if_pickle
+from .io import atomic_write_json, atomic_write_text, read_json_object, refuse_if_pickle
 from .operators import params
 from .pipeline import CompressedModel
 
 CONFIG = "config.json"
 RESULT = "result.json"
 JOURNAL = "journal.jsonl"
+LOCK = ".condensa.lock"
+PID = ".condensa.pid"
 
 
 def output_folder(config: Config, out: str | None, config_path: str | None, kind: str) -> Path:
@@ -48,12 +56,69 @@ def output_folder(config: Config, out: str | None, config_path: str | None, kind
         return path
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}"  # per process: two runs racing on one folder
         probe.write_text("")
         probe.unlink()
     except OSError as error:
         raise ConfigError(f"--out: cannot write to {path}: {error.strerror or error}") from None
     return path
+
+
+def writable_folder(path: str | Path, where: str = "--out") -> Path:
+    """``path`` as a folder this process can write (created if missing), checked before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{where}: {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot write to {path}: {error.strerror or error}") from None
+    return path
+
+
+@contextmanager
+def exclusive(out_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock: one ``search`` / ``compress`` per folder at a time.
+
+    The lock is an OS file lock (``fcntl.flock`` through ``filelock``) on ``.condensa.lock``: the
+    kernel releases it when the holder exits, however it exits (``kill -9`` included), so a stale
+    lock never blocks a resume. The holder's pid goes to ``.condensa.pid`` for the refusal message.
+    Under ``torchrun`` rank 0 holds it for all ranks.
+    """
+    if not is_main_process():
+        yield
+        return
+    lock = FileLock(str(out_dir / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FolderInUseError(f"--out: {out_dir} is in use by another condensa run (pid {_holder(out_dir)}); wait for it "
+                               "to finish, or stop it (a search resumes from its journal), or use another --out") from None
+    try:
+        atomic_write_text(out_dir / PID, f"{os.getpid()}\n")
+        yield
+    finally:
+        (out_dir / PID).unlink(missing_ok=True)
+        lock.release()
+
+
+def _holder(out_dir: Path, wait: float = 2.0) -> str:
+    """The pid of the process holding ``out_dir``'s lock (it writes it just after taking the lock)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            pid = int((out_dir / PID).read_text().strip())
+            os.kill(pid, 0)  # alive? (a pid file left by a killed run names a dead process)
+            return str(pid)
+        except PermissionError:  # alive, another user's
+            return str(pid)
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                return "unknown"
+            time.sleep(0.05)
 
 
 def resolved(config: Config) -> dict[str, Any]:
@@ -76,21 +141,29 @@ def write_outputs(out_dir: Path, config: Config, result: dict[str, Any], compres
     atomic_write_json(out_dir / RESULT, result)
 
 
-def load_run_config(run_dir: Path) -> Config:
-    if Path(run_dir).is_file():
-        refuse_if_pickle(Path(run_dir))
-        raise ConfigError(f"{run_dir} is a file; expected the output folder of 'condensa compress', 'search' or 'export'")
+def load_run_config(run_dir: Path, expected: str = "the output folder of 'condensa compress' or 'condensa search'") -> Config:
+    """The resolved config a run (or export) folder holds; ``expected`` describes the folder in errors."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        refuse_if_pickle(run_dir)
+        raise ConfigError(f"{run_dir} is a file; expected {expected}")
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} does not exist; expected {expected}")
     path = run_dir / CONFIG
     if not path.is_file():
-        raise ConfigError(f"{run_dir}: no {CONFIG}; expected the output folder of 'condensa compress' or 'condensa search'")
-    return parse_config(json.loads(path.read_text()))
+        raise ConfigError(f"{run_dir}: no {CONFIG}; expected {expected}")
+    raw = read_json_object(path)
+    try:
+        return parse_config(raw)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def read_result(run_dir: Path) -> dict[str, Any]:
     path = run_dir / RESULT
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no {RESULT}; expected the output folder of 'condensa compress' or 'condensa search'")
-    return json.loads(path.read_text())
+    return read_json_object(path)
 
 
 def quant_dtypes(record: dict[str, Any]) -> dict[str, str]:
@@ -129,5 +202,5 @@ def attach_quantizers(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     return model
 
 
-__all__ = ["output_folder", "resolved", "write_outputs", "load_run_config", "read_result", "quant_dtypes", "load_compressed",
-           "attach_quantizers", "CONFIG", "RESULT", "WEIGHTS", "JOURNAL"]
+__all__ = ["output_folder", "writable_folder", "exclusive", "resolved", "write_outputs", "load_run_config", "read_result",
+           "quant_dtypes", "load_compressed", "attach_quantizers", "CONFIG", "RESULT", "WEIGHTS", "JOURNAL", "LOCK", "PID"]

@@ -1,4 +1,5 @@
-"""Crashes lose nothing: kill -9 a running search and resume; atomic writes; determinism."""
+"""Crashes and races lose nothing: two searches on one folder, kill -9 a running search and resume;
+atomic writes; determinism."""
 
 from __future__ import annotations
 
@@ -57,18 +58,32 @@ def stable(result: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """The reference run, started twice at once on one folder (as ``for i in 1 2; do condensa search
+    ... & done`` does): one run holds the folder, the other is refused at once."""
     root = tmp_path_factory.mktemp("faults")
     config = root / "config.yaml"
     config.write_text(CONFIG)
     out = root / "full"
-    process = start(config, out)
-    _, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err.decode()[-2000:]
-    return config, out
+    processes = [start(config, out), start(config, out)]
+    results = [(p.pid, p.returncode, err.decode()) for p in processes for _, err in [p.communicate(timeout=600)]]
+    return config, out, results
+
+
+def test_a_second_run_on_the_same_folder_is_refused_and_the_journal_stays_valid(uninterrupted):
+    _, out, results = uninterrupted
+    winners, losers = [r for r in results if r[1] == 0], [r for r in results if r[1] != 0]
+    assert len(winners) == 1 and len(losers) == 1, [(code, err[-1000:]) for _, code, err in results]
+    winner, (_, loser_code, loser_err) = winners[0][0], losers[0]
+    assert loser_code == 2, loser_err[-2000:]
+    assert loser_err.splitlines() == [f"condensa: error: --out: {out} is in use by another condensa run (pid {winner}); "
+                                      "wait for it to finish, or stop it (a search resumes from its journal), or use another --out"]
+    lines = (out / "journal.jsonl").read_bytes().split(b"\n")
+    assert lines[-1] == b"" and [json.loads(line)["type"] for line in lines[:-1]] == ["header"] + ["evaluation"] * 5
+    assert not list(out.glob("journal.jsonl.corrupt-*")) and not (out / ".condensa.pid").exists()
 
 
 def test_same_seed_gives_identical_trace_and_result(uninterrupted, tmp_path):
-    config, full = uninterrupted
+    config, full, _ = uninterrupted
     again = tmp_path / "again"
     process = start(config, again)
     _, err = process.communicate(timeout=600)
@@ -79,7 +94,7 @@ def test_same_seed_gives_identical_trace_and_result(uninterrupted, tmp_path):
 
 @pytest.mark.parametrize("kill_after", [1, 3])
 def test_kill_9_then_resume_equals_uninterrupted_run(uninterrupted, tmp_path, kill_after):
-    config, full = uninterrupted
+    config, full, _ = uninterrupted
     out = tmp_path / "killed"
     process = start(config, out)
     journal = out / "journal.jsonl"
@@ -92,7 +107,8 @@ def test_kill_9_then_resume_equals_uninterrupted_run(uninterrupted, tmp_path, ki
     process.wait()
     finished = len(evaluations(out))
     assert kill_after <= finished < 5
-    resumed = start(config, out)
+    assert (out / ".condensa.pid").read_text().strip() == str(process.pid)  # the killed run's lock is left behind
+    resumed = start(config, out)  # ... and does not block the resume: the kernel released the lock
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err.decode()[-2000:]
     trace = evaluations(out)

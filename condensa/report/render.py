@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_json_object
 from .plots import PLOTS
 
 
@@ -95,10 +95,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict[str
     result_path = run_dir / "result.json"
     if not result_path.is_file():
         raise ConfigError(f"{run_dir}: no result.json; expected the output folder of 'condensa search' or 'condensa compress'")
-    try:
-        result = json.loads(result_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{result_path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    result = read_json_object(result_path)
     out_dir = Path(out) if out else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = []
