@@ -1,4 +1,7 @@
-"""Config parsing: YAML into dataclasses, errors that name the key, overrides, strategies."""
+"""Config parsing: YAML into dataclasses, errors that name the key, overrides, strategies.
+
+Bad input through the command line (one line, exit code 2) is tested in ``test_bad_inputs.py``;
+the cases here are the Python API's."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from condensa import Compose, Prune, Quantize, Range
-from condensa.config import apply_overrides, load_config, parse_config
+from condensa.config import load_config, parse_config
 from condensa.errors import ConfigError, KnobError
 from condensa.strategies import available_schemes, build_strategy, load_scheme
 
@@ -35,10 +38,7 @@ def test_overrides_apply_before_validation():
     [
         ({**BASE, "bogus": 1}, "bogus: unknown key; allowed: model, data"),
         ({**BASE, "data": {"batch_size": "big"}}, "data.batch_size: expected an integer"),
-        ({**BASE, "search": {"budget": 0}}, "search.budget: must be an integer >= 1"),
-        ({**BASE, "search": {"constraints": [{"metric": "accuracy_drop", "upper": -1}]}}, "search.constraints[0].upper: must be >= 0"),
         ({**BASE, "search": {"method": "annealing"}}, "search.method: must be one of"),
-        ({**BASE, "device": "tpu"}, "device: must be one of"),
         ({**BASE, "data": {"name": "mnist"}}, "data.name: must be one of"),
         ({"strategy": {}}, "strategy: give 'scheme'"),
         ({**BASE, "model": {"train": {"lr": "fast"}}}, "model.train.lr: expected a number"),
@@ -49,18 +49,6 @@ def test_bad_config_names_the_key(raw, message):
         parse_config(raw)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
-
-
-def test_malformed_yaml_reports_line(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("model:\n  name: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML at line"):
-        load_config(path)
-
-
-def test_override_needs_equals():
-    with pytest.raises(ConfigError, match="--set: expected key.path=value"):
-        apply_overrides({}, ["search.budget"])
 
 
 def test_shipped_schemes_build_strategies():
