@@ -32,7 +32,7 @@ from .models.reference import load_weights, train_reference
 from .models.registry import build_model
 from .operators import Strategy, finalize
 from .operators.base import Record, measure_record
-from .recovery import RecoveryConfig, TrainConfig, check_distributed, recover
+from .recovery import RecoveryConfig, TrainConfig, check_distributed, make_loss, recover
 from .strategies import build_strategy
 
 #: the numbers ``Workspace.evaluate`` measures: what a search objective or constraint can name
@@ -123,12 +123,15 @@ class Workspace:
         self.metrics_config = metrics or MetricsConfig()
         self.log = log
         self._reference_predictions: dict[str, Predictions] = {}
+        self._lr_cache: dict[str, float] = {}  # lr: auto, per bound strategy (see recovery.choose_lr)
         self._objective_fn: Callable | None = objective_fn
         if callable(objective):
             self._objective_fn = objective
         elif objective_fn is None and is_callable_spec(objective):
             self._objective_fn = load_callable(objective, "search.objective")
         recovery_config = self.recovery_config()  # validate early: a typo should fail before any training
+        if recovery_config.loss not in ("ce", "distill"):
+            make_loss(recovery_config)  # a user loss (module:function) must import before any training
         if recovery_config.amp == "fp16" and self.device.type != "cuda":
             warnings.warn(f"recovery.amp: fp16 autocast needs CUDA; on {self.device.type} recovery runs bf16 autocast "
                           "instead (set amp: bf16 to say so)", CondensaWarning, stacklevel=2)
@@ -199,10 +202,14 @@ class Workspace:
         model, _ = strategy.apply(self.reference)
         recovery = self.recovery_config(epochs)
         trace: list[dict[str, float]] = []
-        model = recover(model, self.reference, self.splits.train, recovery, strategy=strategy,
-                        device=self.device, seed=self.seed, progress=progress, trace=trace)
+        report: dict[str, Any] = {}
+        model = recover(model, self.reference, self.splits.train, recovery, strategy=strategy, device=self.device,
+                        seed=self.seed, progress=progress, trace=trace, report=report, lr_cache=self._lr_cache,
+                        log=self.log)
         record = measure_record(model)
         metrics = self.measure(model, split, record)
+        if "lr" in report:
+            metrics["recovery_lr"] = report["lr"]  # the rate recovery trained with (lr: auto records its pick)
         if trace:
             metrics["lc_trace"] = trace  # L-C convergence per C step: mu and ||w - Delta(theta)|| / ||w||
         metrics["seconds"] = time.perf_counter() - start

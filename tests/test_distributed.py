@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"epochs": 1, "max_steps": 12, "lr": 0.05, "optimizer": "sgd", "batch_size": 64, "shuffle": False}
 METHODS = {
     "finetune": {},
-    "distill": {"loss": "distill", "softadapt_window": 2},  # SoftAdapt weights from the whole batch, not a rank's share
-    "lc": {"method": "lc", "lc_steps": 3, "mb_iterations_first_l": 4, "mb_iterations_per_l": 4},
+    "distill": {"loss": "distill", "weights": "auto", "softadapt_window": 2},  # SoftAdapt weights from the whole batch
+    "lc": {"method": "lc", "lc_steps": 3},  # its last C step attaches the strategy mid-training (fine-tuning after)
+    "lr_auto": {"lr": "auto", "lr_test_steps": 12},  # ranks train with one tested rate
 }
 pytestmark = pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="gloo backend not built")
 

@@ -20,6 +20,12 @@ AMP_MODES = ("none", "bf16", "fp16")
 RECOVERY_METHODS = ("none", "finetune", "lc")
 LOSSES = ("ce", "distill")
 TERMS = ("ce", "kl", "logit", "flip")
+#: keys of earlier versions and what replaced them (a config that names one gets this line)
+REMOVED = {
+    key: "L-C now derives its schedule from the budget (epochs / max_steps); set lc_steps, mu_init, mu_final, "
+    "lc_polish to override it"
+    for key in ("mu_multiplier", "mu_cap", "mb_iterations_first_l", "mb_iterations_per_l")
+}
 
 
 def _is_int(value: Any) -> bool:
@@ -30,11 +36,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_training(where: str, **values: Any) -> None:
-    """Validate the training fields given (any subset); raise :class:`ConfigError` naming ``where.field``."""
+def check_training(where: str, *, auto_lr: bool = False, **values: Any) -> None:
+    """Validate the training fields given (any subset); raise :class:`ConfigError` naming ``where.field``.
+    ``auto_lr``: ``lr`` may be ``"auto"`` (recovery picks it with a range test)."""
     checks = {
         "epochs": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-        "lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+        "lr": (lambda v: (_is_number(v) and v > 0) or (v == "auto" and auto_lr), "a number > 0" + (" or 'auto'" if auto_lr else "")),
         "optimizer": (lambda v: v in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
         "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
@@ -68,7 +75,8 @@ class TrainConfig:
     section: ClassVar[str] = "training"
 
     def __post_init__(self) -> None:
-        check_training(self.section, **{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+        check_training(self.section, auto_lr=self.section == "recovery",
+                       **{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
     def training(self) -> TrainConfig:
         """Just the training fields (what the training loop needs)."""
@@ -80,26 +88,38 @@ class RecoveryConfig(TrainConfig):
     """The ``recovery`` section: a training run plus how it recovers.
 
     ``method``: ``none`` | ``finetune`` (masked fine-tuning) | ``lc`` (learning-compression).
-    ``loss``: ``ce`` | ``distill`` (label-preserving teacher-student loss; ``weights`` is
-    ``"auto"`` for SoftAdapt or a mapping of fixed weights for ``ce``, ``kl``, ``logit``, ``flip``).
+    ``loss``: ``ce`` | ``distill`` (label-preserving teacher-student loss; ``weights`` is a
+    mapping of fixed weights for ``ce``, ``kl``, ``logit``, ``flip``, or ``"auto"`` for SoftAdapt)
+    | a ``module:function`` or ``file.py:function`` called as ``f(output, teacher_output,
+    labels)`` (models that are not classifiers: embeddings, probabilities, per-position logits).
+
+    Defaults come from ``benchmarks/recovery.py`` (digits CNN, digits MLP, char LSTM, speaker
+    encoder; see the README): ``lr: auto`` (a learning-rate range test on the compressed model),
+    distillation = KL at temperature 1 with fixed weight, and an L-C schedule derived from the
+    step budget (``epochs`` / ``max_steps``): ``lc_steps`` C steps (``None``: about
+    ``sqrt(2 * steps)``, 2 to 30), ``mu`` growing geometrically from ``mu_init`` to ``mu_final``,
+    the last ``lc_polish`` share of the budget spent fine-tuning the compressed weights, and a
+    linear warmup over the first ``warmup`` share of the steps (``None``: 0.1 for L-C, 0 for
+    fine-tuning: Adam's first full-size steps would wreck the dense optimum L-C starts from).
     """
 
     section: ClassVar[str] = "recovery"
 
+    lr: Any = "auto"
     method: str = "finetune"
     loss: str = "ce"
-    temperature: float = 4.0
-    weights: Any = "auto"
+    temperature: float = 1.0
+    weights: Any = field(default_factory=lambda: {"kl": 1.0})
     softadapt_window: int = 10
     softadapt_beta: float = 5.0
     margin: float = 1.0
     shuffle: bool = True
-    mu_init: float = 1e-2
-    mu_multiplier: float = 2.0
-    mu_cap: float = 1e4
-    lc_steps: int = 10
-    mb_iterations_first_l: int = 60
-    mb_iterations_per_l: int = 15
+    warmup: float | None = None
+    lr_test_steps: int = 60
+    lc_steps: int | None = None
+    mu_init: float = 1e-3
+    mu_final: float = 10.0
+    lc_polish: float = 0.2
     distributed: bool = False
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -107,8 +127,9 @@ class RecoveryConfig(TrainConfig):
         where = self.section
         if self.method not in RECOVERY_METHODS:
             raise ConfigError(f"{where}.method: must be one of {list(RECOVERY_METHODS)}, got {self.method!r}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"{where}.loss: must be one of {list(LOSSES)}, got {self.loss!r}")
+        if not isinstance(self.loss, str) or (self.loss not in LOSSES and ":" not in self.loss):
+            raise ConfigError(f"{where}.loss: must be one of {list(LOSSES)} or a module:function / file.py:function "
+                              f"taking (output, teacher_output, labels), got {self.loss!r}")
         super().__post_init__()
         if self.weights != "auto":
             if not isinstance(self.weights, dict) or set(self.weights) - set(TERMS):
@@ -122,11 +143,11 @@ class RecoveryConfig(TrainConfig):
             "softadapt_window": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
             "softadapt_beta": (_is_number, "a finite number"),
             "mu_init": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-            "mu_multiplier": (lambda v: _is_number(v) and v >= 1, "a number >= 1"),
-            "mu_cap": (lambda v: _is_number(v) and v >= self.mu_init, f"a number >= mu_init ({self.mu_init})"),
-            "lc_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-            "mb_iterations_first_l": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-            "mb_iterations_per_l": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+            "mu_final": (lambda v: _is_number(v) and v >= self.mu_init, f"a number >= mu_init ({self.mu_init})"),
+            "lc_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or null (derived from the budget)"),
+            "lc_polish": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+            "warmup": (lambda v: v is None or (_is_number(v) and 0 <= v < 1), "a number in [0, 1) or null"),
+            "lr_test_steps": (lambda v: _is_int(v) and v >= 10, "an integer >= 10"),
         }
         for name, (ok, allowed) in checks.items():
             if not ok(getattr(self, name)):
@@ -139,6 +160,9 @@ class RecoveryConfig(TrainConfig):
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "recovery") -> RecoveryConfig:
         fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        for key in data or {}:
+            if key in REMOVED:
+                raise ConfigError(f"{where}.{key}: removed in condensa 0.2; {REMOVED[key]}")
         unknown = [k for k in (data or {}) if k not in fields]
         if unknown:
             raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(sorted(fields))}")
@@ -146,4 +170,4 @@ class RecoveryConfig(TrainConfig):
 
 
 __all__ = ["TrainConfig", "RecoveryConfig", "check_training", "OPTIMIZERS", "AMP_MODES", "RECOVERY_METHODS", "LOSSES",
-           "TERMS"]
+           "TERMS", "REMOVED"]

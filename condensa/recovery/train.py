@@ -42,6 +42,23 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def lr_factor(step: int, total: int, schedule: str = "cosine", warmup: int = 0) -> float:
+    """Multiplier of the base learning rate before optimizer step ``step`` (0-based) of ``total``:
+    linear warmup over ``warmup`` steps, then cosine decay to zero or constant."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
+    """The step budget: ``epochs`` passes over the data, at most ``max_steps``."""
+    steps = max(1, config.epochs * batches_per_epoch)
+    return steps if config.max_steps is None else min(steps, config.max_steps)
+
+
 def make_loader(data: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, sampler=None) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle and sampler is None, generator=generator, sampler=sampler)
@@ -62,12 +79,16 @@ def train(
     penalty: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[int], None] | None = None,
     schedule: str = "cosine",
+    warmup: int = 0,
 ) -> nn.Module:
     """Train ``model`` in place for ``min(epochs * batches, max_steps)`` steps; returns it in eval mode.
 
     ``teacher`` (frozen, eval mode) provides teacher logits to ``loss_fn``; ``penalty()`` is added
     to every step's loss and ``after_step(steps_done)`` runs after every optimizer step (L-C uses
-    both). ``schedule``: ``cosine`` decay to zero or ``constant``. A NaN or inf loss raises
+    both). ``schedule``: ``cosine`` decay to zero or ``constant``, after a linear warmup over the
+    first ``warmup`` steps. ``after_step`` may attach parametrizations to ``model`` in place
+    (L-C's final fine-tuning does): they keep the same Parameter objects, so the optimizer
+    follows them. A NaN or inf loss raises
     :class:`RecoveryError` so a search can record the evaluation as failed and go on.
     """
     if schedule not in SCHEDULES:
@@ -78,22 +99,17 @@ def train(
         teacher.to(device).eval()
     loader = loader or make_loader(data, config.batch_size, shuffle=True, seed=seed)
     trainable = wrap(model) if wrap is not None else model
-    total_steps = max(1, config.epochs * len(loader))
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    budget = total_steps(config, len(loader))
     optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" and device.type == "cuda" else None
-    if schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, budget, schedule, warmup))
     step = 0
     for epoch in range(config.epochs):
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         running, count = 0.0, 0
         for inputs, labels in loader:
-            if step >= total_steps:
+            if step >= budget:
                 break
             inputs, labels = inputs.to(device), labels.to(device)
             with autocast(device, config.amp):
@@ -127,6 +143,6 @@ def train(
                 after_step(step)
         if progress is not None:
             progress(epoch + 1, running / max(1, count))
-        if step >= total_steps:
+        if step >= budget:
             break
     return model.eval()
