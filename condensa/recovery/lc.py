@@ -15,7 +15,8 @@ step budget (``epochs`` / ``max_steps``, the same budget fine-tuning gets; :func
 earlier fixed schedule ran about 200 steps whatever the budget and stopped at mu = 5, with the
 weights still 8-16 % of their norm away from their compressed form, so the final C step cost
 accuracy. After the last C step the compressed model (masks and quantizers attached at theta)
-is fine-tuned for the last ``lc_polish`` share of the budget. The result is exactly compressed.
+is fine-tuned for the last ``lc_polish`` share of the budget, continuing the same learning-rate
+schedule. The result is exactly compressed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -126,11 +127,9 @@ def lc_recover(
     loader = loader or make_loader(data, config.batch_size, shuffle=True, seed=seed)
     plan = schedule(total_steps(config, len(loader)), config)
     c_steps = dict(zip(plan.at(), range(plan.c_steps)))
-    state = {"mu": plan.mu(0), "frozen": False}
+    state: dict = {"mu": plan.mu(0), "compressed": None}
 
     def penalty() -> torch.Tensor:
-        if state["frozen"]:
-            return torch.zeros((), device=device)
         mu = state["mu"]
         return 0.5 * mu * sum((dense.get_parameter(n) - theta[n] - multipliers[n] / mu).pow(2).sum() for n in names)
 
@@ -140,7 +139,7 @@ def lc_recover(
             return
         k, mu = c_steps[step], state["mu"]
         with torch.no_grad():
-            _, theta = _compress(strategy, dense, {n: multipliers[n] / mu for n in names})
+            state["compressed"], theta = _compress(strategy, dense, {n: multipliers[n] / mu for n in names})
             for n in names:
                 multipliers[n] -= mu * (dense.get_parameter(n).detach() - theta[n])
             if trace is not None:
@@ -148,26 +147,21 @@ def lc_recover(
                 norm = sum(float(dense.get_parameter(n).pow(2).sum()) for n in names)
                 trace.append({"step": step, "mu": mu, "distance": (gap / max(norm, 1e-30)) ** 0.5})
         state["mu"] = plan.mu(k + 1)
-        if k == plan.c_steps - 1 and plan.polish:
-            freeze(mu)
 
-    @torch.no_grad()
-    def freeze(mu: float) -> None:
-        """Attach the strategy in place at ``Compress(w - lambda/mu)``: the same Parameter
-        objects (the optimizer keeps them), now masked and quantized; the penalty is off."""
-        for n in names:
-            dense.get_parameter(n).sub_(multipliers[n] / mu)
-        strategy.apply(dense, inplace=True)
-        state["frozen"] = True
-
+    # One learning-rate schedule over the whole budget: the L steps, then (polish) fine-tuning of
+    # the last C step's compressed model. Two calls of the loop rather than one, because attaching
+    # masks mid-run would leave DDP's gradient hooks on the dense weights.
     warmup = int(round((0.1 if config.warmup is None else config.warmup) * plan.total))
-    train(dense, data, config.training(), device=device, loss_fn=loss_fn, teacher=teacher, seed=seed, progress=progress,
-          loader=loader, wrap=wrap, penalty=penalty, after_step=c_step, warmup=warmup)
-    if state["frozen"]:
-        final = dense
-    else:
-        mu = state["mu"]
-        final, _ = _compress(strategy, dense, {n: multipliers[n] / mu for n in names})
+    l_steps = plan.total - plan.polish
+    train(dense, data, replace(config.training(), max_steps=l_steps), device=device, loss_fn=loss_fn, teacher=teacher,
+          seed=seed, progress=progress, loader=loader, wrap=wrap, penalty=penalty, after_step=c_step, warmup=warmup,
+          schedule_span=(0, plan.total))
+    final = state["compressed"]
+    if final is None:  # the budget ended before the last C step (fewer batches than planned)
+        final, _ = _compress(strategy, dense, {n: multipliers[n] / state["mu"] for n in names})
+    if plan.polish:
+        train(final, data, replace(config.training(), max_steps=plan.polish), device=device, loss_fn=loss_fn,
+              teacher=teacher, seed=seed + 1, loader=loader, wrap=wrap, warmup=warmup, schedule_span=(l_steps, plan.total))
     recalibrate_batchnorm(final, make_loader(data, config.batch_size, shuffle=True, seed=seed), device)
     return final.eval()
 

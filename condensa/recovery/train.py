@@ -80,15 +80,15 @@ def train(
     after_step: Callable[[int], None] | None = None,
     schedule: str = "cosine",
     warmup: int = 0,
+    schedule_span: tuple[int, int] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place for ``min(epochs * batches, max_steps)`` steps; returns it in eval mode.
 
     ``teacher`` (frozen, eval mode) provides teacher logits to ``loss_fn``; ``penalty()`` is added
     to every step's loss and ``after_step(steps_done)`` runs after every optimizer step (L-C uses
     both). ``schedule``: ``cosine`` decay to zero or ``constant``, after a linear warmup over the
-    first ``warmup`` steps. ``after_step`` may attach parametrizations to ``model`` in place
-    (L-C's final fine-tuning does): they keep the same Parameter objects, so the optimizer
-    follows them. A NaN or inf loss raises
+    first ``warmup`` steps; ``schedule_span=(offset, total)`` makes this run steps ``offset`` on
+    of a ``total``-step schedule (L-C continues one schedule over two runs). A NaN or inf loss raises
     :class:`RecoveryError` so a search can record the evaluation as failed and go on.
     """
     if schedule not in SCHEDULES:
@@ -102,7 +102,8 @@ def train(
     budget = total_steps(config, len(loader))
     optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" and device.type == "cuda" else None
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, budget, schedule, warmup))
+    offset, span = schedule_span or (0, budget)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s + offset, span, schedule, warmup))
     step = 0
     for epoch in range(config.epochs):
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
