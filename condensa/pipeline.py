@@ -201,6 +201,8 @@ class Workspace:
         trace: list[dict[str, float]] = []
         model = recover(model, self.reference, self.splits.train, recovery, strategy=strategy,
                         device=self.device, seed=self.seed, progress=progress, trace=trace)
+        with torch.no_grad():
+            strategy.finish(model)  # post-recovery steps (QuantizeAux folds BatchNorm statistics)
         record = measure_record(model)
         metrics = self.measure(model, split, record)
         if trace:

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from conftest import make_tiny
 
+from condensa import Codebook, Compose, Prune, Quantize, QuantizeAux, Range, finalize
 from condensa.export import entropy as E
+from condensa.operators import params
+from condensa.operators.codebook import SharedWeights, kmeans1d
 
 # -- entropy coder ------------------------------------------------------------------------------
 
@@ -70,3 +75,95 @@ def test_geometric_gaps_choose_golomb():
     symbols = np.random.default_rng(0).geometric(0.03, 300) - 1
     symbols = np.minimum(symbols, 255)
     assert E.plan(symbols, 256).mode == E.GOLOMB
+
+
+# -- operators ----------------------------------------------------------------------------------
+
+KINDS = ("Conv2d", "Linear")
+
+
+
+def test_kmeans_reproduces_few_distinct_values():
+    values = torch.tensor([0.5, -0.25, 0.5, 0.125, -0.25])
+    centroids, codes = kmeans1d(values, 4)
+    assert torch.equal(centroids[codes].float(), values)
+
+
+def test_codebook_has_at_most_2_to_b_values_and_trains_centroids():
+    model, record = Compose([Prune(0.5, layers=KINDS), Codebook(2, layers=KINDS, fixed_codes=True)]).apply(make_tiny())
+    assert record.layers["conv2.weight"].dtype == "cb2" and record.layers["conv2.weight"].bits == 2
+    w = model.conv2.weight
+    assert torch.unique(w[w != 0]).numel() <= 4
+    shared = params.get_quant(model.conv2, "weight")
+    assert isinstance(shared, SharedWeights)
+    model.train()
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert shared.centroids.grad is not None and shared.centroids.grad.abs().sum() > 0
+    assert (model.conv2.weight == 0).sum() == (~params.get_mask(model.conv2, "weight")).sum()
+
+
+def test_codebook_straight_through_moves_weights_and_keeps_the_mask():
+    model, _ = Compose([Prune(0.5, layers=KINDS), Codebook(3, layers=KINDS)]).apply(make_tiny())
+    mask = params.get_mask(model.fc1, "weight").clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    model(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))).pow(2).sum().backward()
+    assert params.raw_tensor(model.fc1, "weight").grad.abs().sum() > 0
+    optimizer.step()
+    w = model.fc1.weight
+    assert torch.equal(w != 0, mask & (w != 0)) and torch.unique(w[w != 0]).numel() <= 8
+
+
+def test_codebook_idempotent_and_set_quant():
+    model, _ = Compose([Prune(0.5, layers=KINDS), Codebook(3, layers=KINDS)]).apply(make_tiny())
+    before = model.conv1.weight.detach().clone()
+    Codebook(3, layers=KINDS).apply(model, inplace=True)
+    assert torch.equal(model.conv1.weight, before)
+    baked = finalize(model)
+    params.set_quant(baked.conv1, "weight", "cb3")
+    assert torch.equal(baked.conv1.weight, before)
+
+
+def test_bits_knobs():
+    strategy = Compose([Prune(density=Range(0.01, 0.1, log=True)), Quantize(bits=Range(2, 8), layers=("Linear",)),
+                        Codebook(bits=Range(2, 6), layers=("Conv2d",))])
+    knobs = strategy.knobs()
+    assert knobs["quantize.bits"].integer and knobs["codebook.bits"].integer
+    bound = strategy.bind({"prune.density": 0.05, "quantize.bits": 3, "codebook.bits": 4})
+    _, record = bound.apply(make_tiny())
+    assert record.layers["fc1.weight"].dtype == "int3" and record.layers["conv1.weight"].dtype == "cb4"
+    with pytest.raises(Exception, match="bits"):
+        Quantize(bits=9)
+
+
+def test_fold_norm_keeps_outputs_and_pins_statistics():
+    model = make_tiny()
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x)
+    strategy = QuantizeAux("fp16")
+    folded, _ = strategy.apply(model)
+    strategy.finish(folded)
+    assert torch.equal(folded.bn1.running_var + folded.bn1.eps, torch.ones(8))
+    assert torch.equal(folded.bn1.running_mean, torch.zeros(8))
+    folded.train()  # a folded norm keeps its constants in training mode too
+    with torch.no_grad():
+        out = folded(x)
+    torch.testing.assert_close(out, expected, rtol=2e-3, atol=2e-3)
+    assert torch.equal(folded.bn1.running_mean, torch.zeros(8))
+
+
+def test_quantize_to_dict_unchanged_without_bits():
+    """Old configs and journals keep their strategy fingerprint: ``bits`` is omitted when unused."""
+    assert Quantize("int4").to_dict() == {"Quantize": {"dtype": "int4", "layers": list(Quantize().to_dict()["Quantize"]["layers"]),
+                                                       "exclude": []}}
+    assert Quantize(bits=3).to_dict()["Quantize"]["bits"] == 3 and Quantize(bits=3).dtype == "int3"
+
+
+def test_codebook_from_yaml_ops_and_record():
+    from condensa.operators import OPERATORS
+
+    op = OPERATORS["Codebook"](bits=3, layers=["Conv2d"])
+    model, record = op.apply(make_tiny())
+    assert record.layers["conv1.weight"].dtype == "cb3" and record.layers["conv1.weight"].bits == 3
+    assert torch.unique(model.conv1.weight).numel() <= 8
