@@ -215,7 +215,7 @@ class Workspace:
         model.to(self.device).eval()
         reference = self.reference_predictions(split)
         compressed = predict(model, self.split(split), device=self.device, batch_size=self.batch_size)
-        size = footprint(model, record.bits if record is not None else None)
+        size = footprint(model, record=record)
         metrics: dict[str, Any] = {
             "split": split,
             "reference_accuracy": reference.accuracy,
@@ -261,8 +261,11 @@ class Workspace:
         example = self.example_input(1)
 
         def compute(knobs: dict) -> float:
-            model, record = strategy.bind(knobs).apply(self.reference)
+            bound = strategy.bind(knobs)
+            model, record = bound.apply(self.reference)
             if objective == "footprint":
+                with torch.no_grad():
+                    bound.finish(model)  # e.g. the BatchNorm fold: the stored file is the finished model
                 return footprint(model).bytes
             return count_flops(model, example)["flops_effective"]
 

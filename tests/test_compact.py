@@ -10,9 +10,9 @@ import torch
 from conftest import make_tiny
 
 from condensa import Codebook, Compose, Prune, Quantize, QuantizeAux, Range, finalize
-from condensa.export import entropy as E
 from condensa.operators import params
 from condensa.operators.codebook import SharedWeights, kmeans1d
+from condensa.packing import entropy as E
 
 # -- entropy coder ------------------------------------------------------------------------------
 

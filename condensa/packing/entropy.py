@@ -226,16 +226,19 @@ def _golomb_plan(counts: np.ndarray, alphabet: int) -> StreamPlan | None:
     weights = counts[symbols]
     mean = float((symbols * weights).sum() / weights.sum())
     candidates = {1 << i for i in range(17)} | {max(1, int(round(mean * np.log(2) * f))) for f in np.geomspace(0.3, 3, 24)}
-    best = None
-    for m in sorted(candidates):
-        maxq = int(symbols[-1]) // m
-        if maxq > MAX_UNARY:
-            continue
-        bits = MODE_BITS + _exp_golomb_len(m - 1) + _exp_golomb_len(maxq) + int((weights * _golomb_lengths(m, symbols)).sum())
-        if best is None or bits < best.bits:
-            best = StreamPlan(GOLOMB, bits, alphabet, golomb=(m, maxq),
-                              table_bits=MODE_BITS + _exp_golomb_len(m - 1) + _exp_golomb_len(maxq))
-    return best
+    ms = np.array(sorted(candidates), dtype=np.int64)
+    maxq = int(symbols[-1]) // ms
+    ms, maxq = ms[maxq <= MAX_UNARY], maxq[maxq <= MAX_UNARY]
+    if ms.size == 0:
+        return None
+    # every candidate at once (rows): the same sizes as _golomb_lengths, ties to the smallest M
+    k = np.array([int(m).bit_length() - 1 for m in ms], dtype=np.int64)[:, None]
+    u = (np.int64(1) << (k + 1)) - ms[:, None]
+    lengths = symbols[None, :] // ms[:, None] + 1 + k + (symbols[None, :] % ms[:, None] >= u)
+    header = np.array([MODE_BITS + _exp_golomb_len(int(m) - 1) + _exp_golomb_len(int(q)) for m, q in zip(ms, maxq)])
+    bits = header + (lengths * weights[None, :]).sum(axis=1)
+    i = int(np.argmin(bits))
+    return StreamPlan(GOLOMB, int(bits[i]), alphabet, golomb=(int(ms[i]), int(maxq[i])), table_bits=int(header[i]))
 
 
 def _write_exp_golomb(writer: BitWriter, value: int) -> None:
