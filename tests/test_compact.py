@@ -10,9 +10,13 @@ import torch
 from conftest import make_tiny
 
 from condensa import Codebook, Compose, Prune, Quantize, QuantizeAux, Range, finalize
+from condensa.errors import CheckpointError
+from condensa.export import load, save
+from condensa.metrics.footprint import footprint
 from condensa.operators import params
 from condensa.operators.codebook import SharedWeights, kmeans1d
 from condensa.packing import entropy as E
+from condensa.packing import layout as packing
 
 # -- entropy coder ------------------------------------------------------------------------------
 
@@ -167,3 +171,122 @@ def test_codebook_from_yaml_ops_and_record():
     model, record = op.apply(make_tiny())
     assert record.layers["conv1.weight"].dtype == "cb3" and record.layers["conv1.weight"].bits == 3
     assert torch.unique(model.conv1.weight).numel() <= 8
+
+
+# -- the packed format: every encoding bit-exact, file bytes == footprint ------------------------
+
+ROWS = {  # the benchmark's encodings (what the encoder may use) and a strategy to exercise them
+    "dense fp32": (lambda: Compose([Prune(1.0, layers=KINDS)]), packing.Options(("dense",), False, False)),
+    "bitmask+int8": (lambda: Compose([Prune(0.3, layers=KINDS), Quantize("int8", layers=KINDS)]),
+                     packing.Options(("bitmask",), False, False)),
+    "relative+int8": (lambda: Compose([Prune(0.3, layers=KINDS), Quantize("int8", layers=KINDS)]),
+                      packing.Options(("relative",), False, False)),
+    "relative+int4": (lambda: Compose([Prune(0.3, layers=KINDS), Quantize(bits=4, layers=KINDS)]),
+                      packing.Options(("relative",), False, False)),
+    "relative+codebook": (lambda: Compose([Prune(0.3, layers=KINDS), Codebook(3, layers=KINDS)]),
+                          packing.Options(("relative",), False, False)),
+    "entropy": (lambda: Compose([Prune(0.3, layers=KINDS), Codebook(3, layers=KINDS), QuantizeAux("int8")]), packing.Options()),
+    "entropy fp16 aux": (lambda: Compose([Prune(0.2, layers=KINDS), Quantize(bits=5, layers=KINDS), QuantizeAux("fp16", fold_norm=False)]),
+                         packing.Options()),
+    "entropy dense codebook": (lambda: Compose([Codebook(2, layers=KINDS), QuantizeAux("bf16")]), packing.Options()),
+    "structured rows": (lambda: Compose([Prune(0.05, layers=KINDS, scope="layer"), Quantize(bits=3, layers=KINDS)]), packing.Options()),
+}
+
+
+def _roundtrip(specs, options):
+    from safetensors.torch import load as st_load
+
+    digest = bytes(range(8))
+    data, size = packing.encode(specs, digest, options)
+    assert len(data) == size.file_bytes == packing.packed_size(specs, options).file_bytes
+    state = packing.decode(st_load(data)[packing.ENTRY].numpy().tobytes(),
+                           {s.name: (tuple(s.effective.shape), s.effective.dtype) for s in specs}, digest)
+    for spec in specs:
+        assert state[spec.name].dtype == spec.effective.dtype, spec.name
+        assert torch.equal(state[spec.name], spec.effective), spec.name
+    return size
+
+
+@pytest.mark.parametrize("row", sorted(ROWS))
+def test_every_encoding_roundtrips_bit_exact(row):
+    make, options = ROWS[row]
+    strategy = make()
+    model, record = strategy.apply(make_tiny())
+    strategy.finish(model)
+    specs = packing.specs(model, packing.quant_plan(model, record))
+    size = _roundtrip(specs, options)
+    if options == packing.Options():
+        assert size.file_bytes == footprint(model).bytes
+
+
+@pytest.mark.parametrize("row", ["entropy", "relative+int4", "structured rows"])
+def test_save_load_bit_exact_and_file_is_the_footprint(row, tmp_path):
+    make, _ = ROWS[row]
+    strategy = make()
+    model, record = strategy.apply(make_tiny())
+    strategy.finish(model)
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    manifest = save(model, tmp_path, strategy=strategy, record=record, example_input=x[:1], onnx=False, surgery=False)
+    assert (tmp_path / "model.safetensors").stat().st_size == manifest["size"]["file_bytes"] == footprint(model).bytes
+    loaded, _ = load(tmp_path, model_factory=make_tiny)
+    state = loaded.state_dict()
+    for spec in packing.specs(model, packing.quant_plan(model, record)):
+        assert torch.equal(state[spec.name], spec.effective), spec.name
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_finalized_model_with_record_has_the_same_bytes(tmp_path):
+    strategy = Compose([Prune(0.3, layers=KINDS), Codebook(3, layers=("Conv2d",)), Quantize(bits=4, layers=("Linear",))])
+    model, record = strategy.apply(make_tiny())
+    effective = {s.name: s.effective for s in packing.specs(model)}
+    planned = footprint(model).bytes
+    finalize(model)
+    assert footprint(model, record=record).bytes == planned
+    manifest = save(model, tmp_path, record=record, onnx=False, surgery=False)
+    assert manifest["size"]["file_bytes"] == planned
+    loaded, _ = load(tmp_path, model_factory=make_tiny)
+    for name, tensor in effective.items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_lstm_codebook_roundtrip(tmp_path):
+    from condensa.models.text import CharLSTM
+
+    torch.manual_seed(0)
+    layers = ("LSTM", "Linear", "Embedding")
+    strategy = Compose([Prune(0.1, layers=layers), Codebook(4, layers=layers), QuantizeAux("int8")])
+    model, record = strategy.apply(CharLSTM(hidden=32))
+    assert record.layers["lstm.bias_ih_l0"].dtype == "int8"
+    _roundtrip(packing.specs(model, packing.quant_plan(model, record)), packing.Options())
+
+
+def test_corrupt_payload_is_refused(tmp_path):
+    model, record = Compose([Prune(0.3, layers=KINDS), Codebook(3, layers=KINDS)]).apply(make_tiny())
+    save(model, tmp_path, record=record, onnx=False)
+    path = tmp_path / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="hash mismatch"):
+        load(tmp_path, model_factory=make_tiny)
+
+
+def test_container_bytes_is_the_safetensors_size():
+    from safetensors.torch import save as st_save
+
+    for n in (0, 1, 7, 8, 999, 123457):
+        assert packing.container_bytes(n) == len(st_save({packing.ENTRY: torch.zeros(n, dtype=torch.uint8)}))
+
+
+def test_digits_smallest_config_has_density_and_bits_knobs():
+    from pathlib import Path
+
+    from condensa.config import load_config
+    from condensa.strategies import build_strategy
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "digits-smallest.yaml")
+    strategy = build_strategy(config.strategy.scheme, config.strategy.args, config.strategy.ops)
+    knobs = strategy.knobs()
+    assert set(knobs) == {"prune.density", "codebook1.bits", "codebook2.bits"}
+    assert knobs["codebook1.bits"].integer and config.search.budget <= 16 and config.search.objective == "footprint"
