@@ -147,6 +147,7 @@ def save(
     onnx: bool = True,
     surgery: bool | str = "auto",
     round_to: int | None = None,
+    options: packing.Options | None = None,
 ) -> dict[str, Any]:
     """Write a packed checkpoint of the compressed ``model`` into ``path_dir``; returns the manifest.
 
@@ -157,7 +158,9 @@ def save(
     model when the strategy has FilterPrune/NeuronPrune (or, with no strategy, when a layer has
     all-zero rows) and stores it unshrunk if surgery is impossible (the reason is recorded);
     ``True`` requires it; ``False`` never shrinks. ``example_input`` drives surgery and the ONNX
-    check (guessed from the first layer when ``None``).
+    check (guessed from the first layer when ``None``). ``options`` restricts the layouts the
+    encoder may pick (benchmarks compare encodings; default: the cheapest per tensor, which is what
+    the footprint metric sizes); the decoder needs none.
     """
     path_dir = Path(path_dir)
     path_dir.mkdir(parents=True, exist_ok=True)
@@ -176,11 +179,12 @@ def save(
         quant = packing.quant_plan(model, record)
         aliases = packing.aliases(shrunk.base)
         tensor_specs = _specs(model, shrunk, quant, aliases)
-        size = packing.packed_size(tensor_specs)
+        options = options or packing.Options()
+        size = packing.packed_size(tensor_specs, options)
         layout = {spec.name: {**packing.describe(spec, size.tensors[spec.name]), "quantized": quant.get(spec.name)}
                   for spec in tensor_specs}
         layout_sha = layout_hash(layout, aliases, shrunk.info.get("widths", {}))
-        data, size = packing.encode(tensor_specs, bytes.fromhex(layout_sha), size=size)
+        data, size = packing.encode(tensor_specs, bytes.fromhex(layout_sha), options, size=size)
         files.atomic_write_bytes(path_dir / WEIGHTS, data)
         written: dict[str, Any] = {WEIGHTS: {"bytes": len(data), "sha256": sha256(data)}}
         if onnx:
