@@ -9,12 +9,14 @@ from .errors import CondensaError, ConfigError, KnobError
 from .knobs import Choice, Range
 from .operators import (
     BlockPrune,
+    Codebook,
     Compose,
     FilterPrune,
     NeuronPrune,
     NMPrune,
     Prune,
     Quantize,
+    QuantizeAux,
     Strategy,
     finalize,
     strip,
@@ -25,6 +27,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CondensaError", "ConfigError", "KnobError", "Choice", "Range", "BlockPrune", "Compose", "FilterPrune",
-    "NeuronPrune", "NMPrune", "Prune", "Quantize", "Strategy", "finalize", "strip", "Workspace", "workspace",
-    "__version__",
+    "NeuronPrune", "NMPrune", "Prune", "Quantize", "Codebook", "QuantizeAux", "Strategy", "finalize", "strip",
+    "Workspace", "workspace", "__version__",
 ]

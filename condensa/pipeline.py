@@ -206,6 +206,8 @@ class Workspace:
         model = recover(model, self.reference, self.splits.train, recovery, strategy=strategy, device=self.device,
                         seed=self.seed, progress=progress, trace=trace, report=report, lr_cache=self._lr_cache,
                         log=self.log)
+        with torch.no_grad():
+            strategy.finish(model)  # post-recovery steps (QuantizeAux folds BatchNorm statistics)
         record = measure_record(model)
         metrics = self.measure(model, split, record)
         if "lr" in report:
@@ -220,7 +222,7 @@ class Workspace:
         model.to(self.device).eval()
         reference = self.reference_predictions(split)
         compressed = predict(model, self.split(split), device=self.device, batch_size=self.batch_size)
-        size = footprint(model, record.bits if record is not None else None)
+        size = footprint(model, record=record)
         metrics: dict[str, Any] = {
             "split": split,
             "reference_accuracy": reference.accuracy,
@@ -266,8 +268,11 @@ class Workspace:
         example = self.example_input(1)
 
         def compute(knobs: dict) -> float:
-            model, record = strategy.bind(knobs).apply(self.reference)
+            bound = strategy.bind(knobs)
+            model, record = bound.apply(self.reference)
             if objective == "footprint":
+                with torch.no_grad():
+                    bound.finish(model)  # e.g. the BatchNorm fold: the stored file is the finished model
                 return footprint(model).bytes
             return count_flops(model, example)["flops_effective"]
 

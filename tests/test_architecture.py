@@ -23,6 +23,7 @@ FORBIDDEN = {
     "surgery": {"export", "recovery", "search", "metrics", "pipeline", "commands", "analysis", "report"},
     "recovery": {"search", "metrics", "export", "analysis", "pipeline", "commands", "report", "surgery"},
     "export": {"search", "recovery", "pipeline", "commands", "analysis", "report", "runs"},
+    "packing": {"recovery", "search", "metrics", "export", "surgery", "pipeline", "commands", "analysis", "report", "runs"},
     "report": {"recovery", "operators", "metrics", "export", "pipeline", "commands", "analysis"},
 }
 

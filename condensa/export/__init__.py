@@ -1,7 +1,8 @@
 """Shippable checkpoints: packed safetensors, a JSON manifest, ONNX; loading reads data only.
 
-* :func:`save` - ``model.safetensors`` in the encodings the footprint metric costs (after
-  structured surgery where the strategy removed channels), ``manifest.json`` (how to rebuild,
+* :func:`save` - ``model.safetensors``: every tensor in one entropy-coded bit string
+  (:mod:`.packing`), exactly as large as the footprint metric says (after structured surgery
+  where the strategy removed channels: smaller), ``manifest.json`` (how to rebuild,
   hashes, versions), ``model.onnx`` checked with onnxruntime (the ``onnx`` extra).
 * :func:`load` / :func:`verify` / :func:`read_tensors` - never unpickle anything.
 """

@@ -10,7 +10,6 @@ refused with instructions to convert it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,9 @@ from ..errors import CheckpointError
 from ..io import is_safetensors, looks_pickled, refuse_if_pickle, refuse_pickle
 from ..loading import reading_file
 from ..models.registry import build_model
+from ..packing.layout import DTYPES, ENTRY, decode
 from ..surgery import apply_widths
 from .manifest import MANIFEST, ONNX, WEIGHTS, layout_hash, read_manifest, sha256
-from .packing import DECODE_ERRORS, decode_tensor
-
-_SUFFIXES = ("", ":index", ":scales")
 
 
 def _verify_file(path: Path, expected: dict | None) -> bytes:
@@ -50,26 +47,14 @@ def _verify_file(path: Path, expected: dict | None) -> bytes:
     return data
 
 
-def _streams(name: str, meta: dict, stored: dict[str, torch.Tensor], used: set[str]) -> dict[str, torch.Tensor]:
-    streams = meta.get("streams")
-    if not isinstance(streams, dict):
-        raise CheckpointError(f"manifest entry of '{name}' has no streams")
+def _template(manifest: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{name: (shape, dtype)}`` of the stored tensors, from the manifest's tensor table."""
     out = {}
-    for suffix, where in streams.items():
-        if suffix not in _SUFFIXES or not isinstance(where, dict):
-            raise CheckpointError(f"manifest entry of '{name}' has a bad stream {suffix!r}")
-        if "key" in where:
-            if where["key"] not in stored:
-                raise CheckpointError(f"{WEIGHTS} has no entry '{where['key']}'")
-            out[suffix] = stored[where["key"]]
-            used.add(where["key"])
-            continue
-        pool = stored.get(where.get("pool"))
-        offset, count = int(where.get("offset", -1)), int(where.get("count", -1))
-        if pool is None or offset < 0 or count < 0 or offset + count > pool.numel():
-            raise CheckpointError(f"stream {name}{suffix} lies outside its pool {where.get('pool')!r}")
-        used.add(where["pool"])
-        out[suffix] = pool[offset : offset + count].reshape([int(s) for s in where.get("shape", [count])])
+    for name, meta in manifest["tensors"].items():
+        try:
+            out[name] = (tuple(int(s) for s in meta["shape"]), DTYPES[meta["dtype"]])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{MANIFEST}: bad entry for tensor '{name}' (needs shape and dtype)") from None
     return out
 
 
@@ -93,28 +78,14 @@ def read_tensors(path_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     data = _verify_file(path_dir / WEIGHTS, manifest["files"].get(WEIGHTS))
     try:
         stored = safetensors_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
-    except (SafetensorError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+    except (SafetensorError, ValueError) as error:
         raise CheckpointError(f"{path_dir / WEIGHTS}: not a valid safetensors file ({error})") from None
-    metadata = header.get("__metadata__") or {}
+    if set(stored) != {ENTRY}:
+        raise CheckpointError(f"{path_dir / WEIGHTS}: expected one '{ENTRY}' entry, found {sorted(stored)[:5]}")
     aliases = manifest.get("aliases") or {}
     surgery = manifest.get("surgery") or {}
-    if metadata.get("layout_sha256") != layout_hash(manifest["tensors"], aliases, surgery.get("widths", {})):
-        raise CheckpointError(f"{path_dir / MANIFEST}: tensor layout hash mismatch with {WEIGHTS}; the manifest was edited")
-    state: dict[str, torch.Tensor] = {}
-    expected_keys: set[str] = set()
-    for name, meta in manifest["tensors"].items():
-        entries = _streams(name, meta, stored, expected_keys)
-        try:
-            state[name] = decode_tensor(meta, entries)
-        except CheckpointError as error:
-            raise CheckpointError(f"{WEIGHTS}: tensor '{name}': {error}") from None
-        except DECODE_ERRORS as error:  # a malformed stream is a corrupt file
-            raise CheckpointError(f"{WEIGHTS}: tensor '{name}' cannot be decoded ({type(error).__name__}: {error})") from None
-    extra = set(stored) - expected_keys
-    if extra:
-        raise CheckpointError(f"{WEIGHTS} has entries the manifest does not describe: {sorted(extra)[:5]}")
+    digest = bytes.fromhex(layout_hash(manifest["tensors"], aliases, surgery.get("widths", {})))
+    state = decode(stored[ENTRY].numpy().tobytes(), _template(manifest), digest)
     for alias, canonical in aliases.items():
         if canonical not in state:
             raise CheckpointError(f"alias '{alias}' refers to missing tensor '{canonical}'")

@@ -21,7 +21,7 @@ from ..errors import CheckpointError, ModelError
 from ..io import HOW_TO_CONVERT, PICKLE_SUFFIXES, canonical_json
 
 FORMAT = "condensa-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one entropy-coded bit string (condensa/packing/); 1: fixed-width entries per tensor
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 ONNX = "model.onnx"

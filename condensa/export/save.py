@@ -1,9 +1,12 @@
 """``save``: write a compressed model as a packed, verifiable checkpoint folder.
 
-Every tensor is stored in the encoding :func:`condensa.metrics.tensor_cost` picks (see
-:mod:`.packing`), so the file is as small as the footprint metric says. After FilterPrune /
-NeuronPrune the model is first shrunk physically (:mod:`condensa.surgery`) and the smaller
-tensors are stored. Steps: shrink -> encode -> write weights -> ONNX (optional) -> manifest last.
+Every tensor is stored in the cheapest layout of the packed format (:mod:`condensa.packing`: sparse
+indices, integer or codebook codes, entropy-coded), and the file is exactly as large as the
+footprint metric says (:func:`condensa.metrics.footprint` computes the same size without
+writing). After FilterPrune / NeuronPrune the model is first shrunk physically
+(:mod:`condensa.surgery`) and the smaller tensors are stored (the file is then smaller than the
+footprint, which costs the unshrunk model). Steps: shrink -> encode -> write weights -> ONNX
+(optional) -> manifest last.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .. import io as files
@@ -25,11 +27,11 @@ from ..coupling import infer_example_input
 from ..errors import ModelError
 from ..metrics.footprint import model_tensors
 from ..operators import params
+from ..packing import layout as packing
 from ..surgery import ShrinkReport, shrink_with_report
 from ..versions import versions
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, ONNX, WEIGHTS, factory_spec, layout_hash, sha256
 from .onnx import export_onnx
-from .packing import Encoded, encode_tensor
 
 
 def _strategy_names(strategy: Any) -> set[str]:
@@ -39,17 +41,6 @@ def _strategy_names(strategy: Any) -> set[str]:
     return {name for name in ("FilterPrune", "NeuronPrune") if name in text}
 
 
-def _record_bits(record: Any) -> dict[str, int]:
-    if record is None:
-        return {}
-    if hasattr(record, "bits"):
-        return dict(record.bits)
-    if isinstance(record, dict):
-        return {name: entry["bits"] for name, entry in record.items()
-                if isinstance(entry, dict) and isinstance(entry.get("bits"), int)}
-    return {}
-
-
 def _has_zero_rows(model: nn.Module) -> bool:
     for module in model.modules():
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
@@ -57,80 +48,6 @@ def _has_zero_rows(model: nn.Module) -> bool:
             if weight.dim() >= 2 and bool((weight.detach().reshape(weight.shape[0], -1) == 0).all(dim=1).any()):
                 return True
     return False
-
-
-def _aliases(model: nn.Module) -> dict[str, str]:
-    """``{alias: canonical}`` for tensors registered under several names (tied weights)."""
-    first: dict[int, str] = {}
-    aliases: dict[str, str] = {}
-    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
-    for name, tensor in named:
-        key = id(tensor)
-        if key in first:
-            aliases[name] = first[key]
-        else:
-            first[key] = name
-    return aliases
-
-
-def _quant_plan(model: nn.Module, record: Any) -> dict[str, str]:
-    """``{tensor: dtype}`` of quantized tensors: from the model's quantizers, else the record."""
-    dtypes = dict(params.quant_dtypes(model))
-    state = dict(model.state_dict())
-    for name, bits in _record_bits(record).items():
-        if name in dtypes or name not in state:
-            continue
-        tensor = state[name]
-        if not tensor.is_floating_point() or bits >= torch.finfo(tensor.dtype).bits:
-            continue
-        if bits < 16:
-            dtypes[name] = f"int{bits}"
-        elif torch.equal(tensor.to(torch.float16).to(tensor.dtype), tensor):
-            dtypes[name] = "fp16"
-        else:
-            dtypes[name] = "bf16"
-    return dtypes
-
-
-def _int_codes(model: nn.Module, name: str, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer codes and scales exactly as the model's ``FakeQuantize`` computes them."""
-    module_name, _, tensor_name = name.rpartition(".")
-    module = model.get_submodule(module_name) if module_name else model
-    if params.get_quant(module, tensor_name) is not None:
-        source = params.masked_tensor(module, tensor_name)
-    else:  # already finalized: re-derive the codes from the dequantized values
-        source = getattr(module, tensor_name).detach()
-    return params.quantize_int(source, bits)
-
-
-class _Pools:
-    """Streams of at least ``NAMED_MIN_BYTES`` become their own safetensors entry (``name``,
-    ``name:index``, ``name:scales``); smaller ones are concatenated into one ``__pool__.<dtype>``
-    entry per dtype, so the per-entry header (~90 bytes) stays below 1% of the file."""
-
-    NAMED_MIN_BYTES = 16384
-
-    def __init__(self) -> None:
-        self.named: dict[str, torch.Tensor] = {}
-        self.pooled: dict[str, list[torch.Tensor]] = {}
-        self.sizes: dict[str, int] = {}
-
-    def put(self, key: str, value: torch.Tensor) -> dict[str, Any]:
-        if value.numel() * value.element_size() >= self.NAMED_MIN_BYTES:
-            self.named[key] = value.contiguous()
-            return {"key": key}
-        dtype = str(value.dtype).replace("torch.", "")
-        pool = f"__pool__.{dtype}"
-        offset = self.sizes.get(pool, 0)
-        self.pooled.setdefault(pool, []).append(value.reshape(-1))
-        self.sizes[pool] = offset + value.numel()
-        return {"pool": pool, "offset": offset, "count": int(value.numel()), "shape": list(value.shape)}
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        out = dict(self.named)
-        for pool, parts in self.pooled.items():
-            out[pool] = torch.cat(parts).contiguous()
-        return out
 
 
 @dataclass
@@ -179,25 +96,26 @@ def _shrink(model: nn.Module, strategy: Any, example_input: torch.Tensor | None,
     return _Shrunk(base, report, info)
 
 
-def _encode(model: nn.Module, shrunk: _Shrunk, quant: dict[str, str], name: str, tensor: torch.Tensor) -> Encoded:
-    """Step 2 for one tensor: integer codes + scales, a 16-bit float, or the tensor's own dtype."""
-    dtype = quant.get(name)
-    if dtype is not None and dtype.startswith("int"):
-        bits = int(dtype[3:])
-        codes, scales = _int_codes(model, name, bits)
-        if shrunk.report is not None:
-            codes = shrunk.report.select(name, codes)
-            scales = scales[shrunk.report.kept_rows(name, scales.numel())]
-        effective = params.dequantize_int(codes, scales).to(tensor.dtype)
-        encoded = encode_tensor(effective, codes=codes, scales=scales, value_dtype=f"qint{bits}")
-    elif dtype in ("fp16", "bf16"):
-        low = torch.float16 if dtype == "fp16" else torch.bfloat16
-        effective = tensor.detach().to(low).to(tensor.dtype)
-        encoded = encode_tensor(effective, value_dtype="float16" if dtype == "fp16" else "bfloat16")
-    else:
-        encoded = encode_tensor(tensor.detach())
-    encoded.meta["quantized"] = dtype
-    return encoded
+def _specs(model: nn.Module, shrunk: _Shrunk, quant: dict[str, str], skip: dict[str, str]) -> list[packing.Spec]:
+    """Step 2: what each tensor is stored as. Unshrunk: the caller's model itself (its quantizers
+    give the exact codes). Shrunk: the smaller copy, but integer codes and scales are the original
+    ones, sliced as surgery sliced the tensor (re-quantizing a sliced row could pick another scale)."""
+    if shrunk.report is None:
+        return packing.specs(model, quant, skip)
+    out = packing.specs(shrunk.base, quant, skip)
+    for i, spec in enumerate(out):
+        if spec.kind != packing.INT:
+            continue
+        module_name, _, tensor_name = spec.name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        source = (params.masked_tensor(module, tensor_name) if params.get_quant(module, tensor_name) is not None
+                  else getattr(module, tensor_name).detach())
+        q, scale = params.quantize_int(source.cpu(), spec.bits)
+        q = shrunk.report.select(spec.name, q)
+        if scale.numel() > 1:
+            scale = scale[shrunk.report.kept_rows(spec.name, scale.numel())]
+        out[i] = packing.int_spec(spec.name, q, scale, spec.bits, spec.effective.dtype)
+    return out
 
 
 def _int_bits(quantized: dict[str, str | None]) -> list[int]:
@@ -229,6 +147,7 @@ def save(
     onnx: bool = True,
     surgery: bool | str = "auto",
     round_to: int | None = None,
+    options: packing.Options | None = None,
 ) -> dict[str, Any]:
     """Write a packed checkpoint of the compressed ``model`` into ``path_dir``; returns the manifest.
 
@@ -239,7 +158,9 @@ def save(
     model when the strategy has FilterPrune/NeuronPrune (or, with no strategy, when a layer has
     all-zero rows) and stores it unshrunk if surgery is impossible (the reason is recorded);
     ``True`` requires it; ``False`` never shrinks. ``example_input`` drives surgery and the ONNX
-    check (guessed from the first layer when ``None``).
+    check (guessed from the first layer when ``None``). ``options`` restricts the layouts the
+    encoder may pick (benchmarks compare encodings; default: the cheapest per tensor, which is what
+    the footprint metric sizes); the decoder needs none.
     """
     path_dir = Path(path_dir)
     path_dir.mkdir(parents=True, exist_ok=True)
@@ -255,23 +176,15 @@ def save(
             example_input = example_input.detach().cpu()
         shrunk = _shrink(model, strategy, example_input, surgery, round_to)
 
-        quant = _quant_plan(model, record)
-        aliases = _aliases(shrunk.base)
-        pools = _Pools()
-        layout: dict[str, dict] = {}
-        payload = theory_bits = 0
-        for name, tensor in shrunk.base.state_dict().items():
-            if name in aliases:
-                continue
-            encoded = _encode(model, shrunk, quant, name, tensor)
-            encoded.meta["streams"] = {suffix: pools.put(name + suffix, value) for suffix, value in encoded.entries.items()}
-            layout[name] = encoded.meta
-            payload += encoded.payload_bytes
-            theory_bits += encoded.theory_bits
-
+        quant = packing.quant_plan(model, record)
+        aliases = packing.aliases(shrunk.base)
+        tensor_specs = _specs(model, shrunk, quant, aliases)
+        options = options or packing.Options()
+        size = packing.packed_size(tensor_specs, options)
+        layout = {spec.name: {**packing.describe(spec, size.tensors[spec.name]), "quantized": quant.get(spec.name)}
+                  for spec in tensor_specs}
         layout_sha = layout_hash(layout, aliases, shrunk.info.get("widths", {}))
-        data = safetensors_bytes(pools.tensors(), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
-                                                            "layout_sha256": layout_sha})
+        data, size = packing.encode(tensor_specs, bytes.fromhex(layout_sha), options, size=size)
         files.atomic_write_bytes(path_dir / WEIGHTS, data)
         written: dict[str, Any] = {WEIGHTS: {"bytes": len(data), "sha256": sha256(data)}}
         if onnx:
@@ -293,8 +206,9 @@ def save(
             "surgery": files.jsonable(shrunk.info),
             "example_input": ({"shape": list(example_input.shape), "dtype": str(example_input.dtype).replace("torch.", "")}
                               if isinstance(example_input, torch.Tensor) else None),
-            "size": {"file_bytes": len(data), "payload_bytes": payload, "theoretical_bytes": theory_bits / 8,
-                     "fp32_bytes": reference_bytes},
+            "size": {"file_bytes": len(data), "payload_bytes": size.payload_bytes, "payload_bits": size.bits,
+                     "fp32_bytes": reference_bytes, "compression_ratio": reference_bytes / len(data),
+                     "bits_by_part": size.breakdown(), "bits_by_role": size.by_role()},
             "content_hash": written[WEIGHTS]["sha256"],
             "files": written,
             "layout_sha256": layout_sha,

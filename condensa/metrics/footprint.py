@@ -1,8 +1,13 @@
-"""Compressed footprint: the bits a tensor needs in its best packed encoding.
+"""Compressed footprint: the exact size of the packed weights file.
 
 A pruned tensor of fp32 zeros saves nothing on disk; what matters is the information it holds.
-For every tensor we cost the encodings that :mod:`condensa.export` can actually write, and take
-the smallest:
+:func:`footprint` is the exact byte count of the ``model.safetensors`` that
+:func:`condensa.export.save` writes for the model (container included; see
+:mod:`condensa.packing.layout`: sparse indices, integer / codebook codes, entropy-coded), computed
+from histograms without coding anything. It is what searches minimize and what ratios report.
+
+:func:`tensor_cost` costs the simpler fixed-width layouts of format 1 (no entropy coding), per
+tensor; it stays as a closed-form reference (benchmarks compare against it):
 
 * ``dense``: ``numel * value_bits``
 * ``bitmask``: one bit per element plus the nonzero values
@@ -22,12 +27,12 @@ sparse + quantized encodings this way; the export writes exactly these layouts.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..operators import params
 from ..operators.prune import nm_groups
 
 SCALE_BITS = 32
@@ -130,11 +135,12 @@ def dtype_bits(tensor: torch.Tensor) -> int:
 
 @dataclass
 class Footprint:
-    """Model footprint: compressed bytes, the fp32 reference bytes, and per-tensor costs."""
+    """Model footprint: the packed file's bytes, the fp32 reference bytes, and per-tensor bits."""
 
     bytes: float
     reference_bytes: float
-    tensors: dict[str, TensorCost]
+    tensors: dict[str, int]  # bits of each stored tensor (its header, index, side info and values)
+    breakdown: dict[str, dict[str, int]] = field(default_factory=dict)  # bits by role and part
 
     @property
     def compression_ratio(self) -> float:
@@ -143,34 +149,28 @@ class Footprint:
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor the model stores, with masks and quantization applied, by state-dict name."""
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        if ".parametrizations." in name or name.startswith("parametrizations."):  # the root may be parametrized
-            continue
-        tensors[name] = tensor
-    # Parametrized tensors appear as parametrizations.X.original; use their effective value.
-    for module_name, module, tensor_name in params.compressed_tensors(model):
-        key = f"{module_name}.{tensor_name}" if module_name else tensor_name
-        tensors[key] = getattr(module, tensor_name).detach()
-    return tensors
+    from ..packing.layout import effective_tensors
+
+    return effective_tensors(model)
 
 
-def footprint(model: nn.Module, bits: dict[str, int] | None = None) -> Footprint:
-    """Footprint of ``model``; ``bits`` gives value bits of quantized tensors (read from the model's
-    quantizers when it is still parametrized, e.g. ``record.bits`` after ``finalize``)."""
-    bits = dict(bits or {})
-    bits.update(params.quant_bits(model))
-    dtypes = params.quant_dtypes(model)
-    costs: dict[str, TensorCost] = {}
-    total = 0
+def footprint(model: nn.Module, bits: dict[str, int] | None = None, record: Any = None) -> Footprint:
+    """Exact size of the packed file of ``model`` (unshrunk: after FilterPrune / NeuronPrune the
+    exported file is smaller still, since surgery also removes the next layer's inputs).
+
+    How each tensor is stored comes from the model's quantizers; for a finalized model pass
+    ``record`` (or ``bits``, e.g. ``record.bits``: value bits per tensor, < 16 meaning ``intN``).
+    """
+    from ..packing import layout as packing  # the format both this metric and the exporter use
+
+    if record is None and bits:
+        record = {name: {"bits": int(b)} for name, b in bits.items()}
+    dtypes = packing.quant_plan(model, record)
+    values = model_tensors(model)
+    specs = packing.specs(model, dtypes, packing.aliases(model), values)
+    size = packing.packed_size(specs)
     reference = 0
-    for name, tensor in model_tensors(model).items():
-        native = dtype_bits(tensor)
-        reference += tensor.numel() * (32 if tensor.is_floating_point() else native)
-        value_bits = bits.get(name, native)
-        is_int = value_bits < 16 or dtypes.get(name, "").startswith("int")
-        scales = tensor.shape[0] if is_int and tensor.dim() >= 1 and value_bits < native else 0
-        cost = tensor_cost(tensor, value_bits, scales)
-        costs[name] = cost
-        total += cost.bits
-    return Footprint(bytes=total / 8, reference_bytes=reference / 8, tensors=costs)
+    for tensor in values.values():
+        reference += tensor.numel() * (32 if tensor.is_floating_point() else dtype_bits(tensor))
+    return Footprint(bytes=size.file_bytes, reference_bytes=reference / 8,
+                     tensors={name: plan.bits for name, plan in size.tensors.items()}, breakdown=size.by_role())

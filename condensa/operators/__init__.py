@@ -1,15 +1,17 @@
 """Compression operators: composable, idempotent, applied to a copy of the model."""
 
 from .base import ApplyResult, Compose, LayerRecord, Operator, Record, Strategy
+from .codebook import Codebook, QuantizeAux
 from .params import finalize, strip
 from .prune import BlockPrune, NMPrune, Prune
 from .quantize import Quantize
 from .structured import FilterPrune, NeuronPrune
 
-OPERATORS = {cls.__name__: cls for cls in (Prune, FilterPrune, NeuronPrune, BlockPrune, NMPrune, Quantize)}
+OPERATORS = {cls.__name__: cls for cls in (Prune, FilterPrune, NeuronPrune, BlockPrune, NMPrune, Quantize, Codebook, QuantizeAux)}
 
 __all__ = [
     "ApplyResult", "Compose", "LayerRecord", "Operator", "Record", "Strategy",
-    "finalize", "strip", "Prune", "FilterPrune", "NeuronPrune", "BlockPrune", "NMPrune", "Quantize",
+    "finalize", "strip", "Prune", "FilterPrune", "NeuronPrune", "BlockPrune", "NMPrune", "Quantize", "Codebook",
+    "QuantizeAux",
     "OPERATORS",
 ]

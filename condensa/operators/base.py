@@ -114,6 +114,9 @@ class Strategy:
     def to_dict(self) -> Any:
         raise NotImplementedError
 
+    def finish(self, model: nn.Module) -> None:
+        """Post-recovery step (after fine-tuning, before measuring and export); default: none."""
+
     def check_concrete(self) -> None:
         open_knobs = self.knobs()
         if open_knobs:
@@ -239,6 +242,10 @@ class Compose(Strategy):
                     raise LayerSelectionError(
                         f"{type(op).__name__} at positions {first} and {i} both prune '{key}': their masks would AND, so "
                         f"one density would silently not count; give each {type(op).__name__} its own layers (or exclude)")
+
+    def finish(self, model: nn.Module) -> None:
+        for op in self.ops:
+            op.finish(model)
 
     def to_dict(self) -> dict[str, Any]:
         return {"Compose": [op.to_dict() for op in self.ops]}

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 _INT_DTYPE = re.compile(r"^int([2-8])$")
+_CB_DTYPE = re.compile(r"^cb([1-8])$")  # weight sharing, 2^N centroids (operators/codebook.py)
 FLOAT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -25,7 +26,7 @@ def dtype_bits(dtype: str) -> int:
     """Storage bits per value of a quantization dtype name (``int8`` -> 8, ``fp16`` -> 16)."""
     if dtype in FLOAT_DTYPES:
         return 16
-    match = _INT_DTYPE.match(dtype)
+    match = _INT_DTYPE.match(dtype) or _CB_DTYPE.match(dtype)
     if not match:
         raise ValueError(f"unknown dtype {dtype!r}")
     return int(match.group(1))
@@ -179,6 +180,11 @@ def set_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
 
 
 def set_quant(module: nn.Module, name: str, dtype: str) -> None:
+    if _CB_DTYPE.match(dtype):
+        from .codebook import attach
+
+        attach(module, name, int(dtype[2:]))
+        return
     existing = get_quant(module, name)
     if existing is not None and existing.dtype == dtype:
         return

@@ -25,14 +25,26 @@ DTYPES = ("int8", "int7", "int6", "int5", "int4", "int3", "int2", "fp16", "bf16"
 
 @dataclass(frozen=True)
 class Quantize(Operator):
-    """Quantize weights to ``dtype`` (one of int8..int2, fp16, bf16); may be a ``Choice`` knob."""
+    """Quantize weights to ``dtype`` (one of int8..int2, fp16, bf16); may be a ``Choice`` knob.
+
+    ``bits`` (an integer 2..8, or an integer ``Range``/``Choice`` knob) sets ``dtype`` to ``int<bits>``."""
 
     dtype: Any = "int8"
     layers: Any = QUANTIZABLE
     exclude: Any = ()
+    bits: Any = None
 
     label = "quantize"
-    tunable = ("dtype",)
+    tunable = ("dtype", "bits")
+
+    def __post_init__(self) -> None:
+        if self.bits is not None:
+            from .codebook import _check_bits
+
+            object.__setattr__(self, "bits", _check_bits(self, self.bits, 2, 8))
+            if not is_open(self.bits):
+                object.__setattr__(self, "dtype", f"int{int(self.bits)}")
+        super().__post_init__()
 
     def validate(self) -> None:
         values = self.dtype.options if isinstance(self.dtype, Choice) else (self.dtype,)
@@ -46,9 +58,16 @@ class Quantize(Operator):
         selected = select_layers(model, self.layers, self.exclude, supported=QUANTIZABLE, operator="Quantize")
         for module_name, module in selected.items():
             for tensor_name in weight_names(module):
-                params.set_quant(module, tensor_name, self.dtype)
+                dtype = f"int{int(self.bits)}" if self.bits is not None else self.dtype
+                params.set_quant(module, tensor_name, dtype)
                 key = f"{module_name}.{tensor_name}" if module_name else tensor_name
-                touched.setdefault(key, []).append(self.dtype)
+                touched.setdefault(key, []).append(dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.bits is None:  # configs and journals written before ``bits`` existed keep their fingerprint
+            del out["Quantize"]["bits"]
+        return out
 
 
 __all__ = ["Quantize", "DTYPES"]
