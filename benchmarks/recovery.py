@@ -64,6 +64,8 @@ def main() -> None:
         config_file, layers, densities, budget = MODELS[name]
         config = parse_config(yaml.safe_load((REPO / config_file).read_text()))
         ws = Workspace.from_config(config, log=lambda *_: None)
+        print(f"| {name} | reference | | | {ws.reference_predictions('test').accuracy:.2f} | of {len(ws.splits.test)} | | |",
+              flush=True)
         for point in args.points:
             density = densities[point - 1]
             strategy = build_strategy("prune_quantize", {"density": density, **({"layers": layers} if layers else {})}, None)
