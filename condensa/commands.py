@@ -215,8 +215,9 @@ def export(run_dir: str | Path, *, out: str | None = None, onnx: bool = True, tr
     if onnx:
         require("onnx", "onnxruntime", "onnxscript")
     run_dir = Path(run_dir)
-    model, manifest, config, _ = runs.load_compressed(run_dir, trust_code=trust_code)  # refusals leave no folder behind
-    out_dir = runs.writable_folder(Path(out) if out else run_dir.with_name(run_dir.name + "-export"))
+    out_dir = runs.check_folder(Path(out) if out else run_dir.with_name(run_dir.name + "-export"))
+    model, manifest, config, _ = runs.load_compressed(run_dir, trust_code=trust_code)
+    runs.writable_folder(out_dir)  # created only now: a refused export leaves no folder behind
     example = load_splits(config.data).val[0][0].unsqueeze(0) if onnx else None
     manifest = republish(run_dir, out_dir, model, example, manifest)
     atomic_write_json(out_dir / runs.CONFIG, runs.resolved(config))

@@ -64,6 +64,24 @@ def output_folder(config: Config, out: str | None, config_path: str | None, kind
     return path
 
 
+def check_folder(path: str | Path, where: str = "--out") -> Path:
+    """Refuse ``path`` unless it is, or could be created as, a folder this process can write;
+    creates nothing (so a command refused later leaves no folder behind)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{where}: {path} is a file, not a folder")
+    existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
+    try:  # a probe file in the nearest existing folder, removed at once (os.access says yes to root)
+        if existing is None or not existing.is_dir():
+            raise NotADirectoryError(f"no folder to create {path} in")
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot write to {path}: {error.strerror or error}") from None
+    return path
+
+
 def writable_folder(path: str | Path, where: str = "--out") -> Path:
     """``path`` as a folder this process can write (created if missing), checked before any work."""
     path = Path(path)
@@ -202,5 +220,5 @@ def attach_quantizers(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     return model
 
 
-__all__ = ["output_folder", "writable_folder", "exclusive", "resolved", "write_outputs", "load_run_config", "read_result",
+__all__ = ["output_folder", "check_folder", "writable_folder", "exclusive", "resolved", "write_outputs", "load_run_config", "read_result",
            "quant_dtypes", "load_compressed", "attach_quantizers", "CONFIG", "RESULT", "WEIGHTS", "JOURNAL", "LOCK", "PID"]
