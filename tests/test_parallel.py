@@ -167,6 +167,30 @@ def test_a_journal_with_pending_records_resumes_through_the_driver_even_with_one
     assert sorted(indices) == list(range(8)) and result.samples == 8
 
 
+def test_pending_records_go_through_the_journal_checks(tmp_path):
+    path = tmp_path / "j.jsonl"
+
+    class StopAfter(SimulatedExecutor):
+        def wait(self):
+            if self.clock > 1.5:
+                raise KeyboardInterrupt
+            return super().wait()
+
+    with pytest.raises(KeyboardInterrupt):
+        run(3, budget=6, journal=path, executor=StopAfter(syn.Evaluator(), 3, durations))
+    good = path.read_bytes()
+    pending = rows(path, "pending")
+    path.write_bytes(good + b'{"type": "pending", "pend')  # a write torn by kill -9
+    with pytest.warns(UserWarning, match="cannot be read"):
+        result, _ = run(3, budget=6, journal=path)
+    indices = [r["index"] for r in rows(path)]
+    assert sorted(indices) == list(range(6)) and result.samples == 6  # the readable pending records were kept
+    assert rows(path, "pending")[: len(pending)] == pending
+    path.write_bytes(good + b'{"type": "pending", "pending": {"knobs": {}}}\n')  # edited by hand
+    with pytest.raises(SearchError, match="line .* is a pending record without an integer 'index'"):
+        run(3, budget=6, journal=path)
+
+
 def test_only_a_writable_journal_gets_pending_records(tmp_path):
     path = tmp_path / "j.jsonl"
     search(syn.strategy(), syn.Evaluator(), syn.objective(), [accuracy_drop(1.0)], budget=2, journal=path,
