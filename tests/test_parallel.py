@@ -274,14 +274,14 @@ def test_parallel_settings_are_checked_in_one_place(settings, fragment):
 def test_config_keys_reach_the_settings_check():
     from condensa.config import parse_config
 
-    config = parse_config({"strategy": {"ops": []}, "search": {"workers": 4, "ray_address": "auto",
-                                                               "resources_per_evaluation": {"cpu": 2, "gpu": 1}}})
+    config = parse_config({"strategy": {"scheme": "prune_quantize"},
+                           "search": {"workers": 4, "ray_address": "auto", "resources_per_evaluation": {"cpu": 2, "gpu": 1}}})
     assert config.search.workers == 4 and config.search.resources_per_evaluation == {"cpu": 2, "gpu": 1}
-    assert parse_config({"strategy": {"ops": []}}).search.workers == 1
+    assert parse_config({"strategy": {"scheme": "prune_quantize"}}).search.workers == 1
     with pytest.raises(ConfigError, match="search.workers"):
-        parse_config({"strategy": {"ops": []}}, ["search.workers=0"])
+        parse_config({"strategy": {"scheme": "prune_quantize"}}, ["search.workers=0"])
     with pytest.raises(ConfigError, match="search.resources_per_evaluation.gpu"):
-        parse_config({"strategy": {"ops": []}}, ["search.resources_per_evaluation={gpu: x}"])
+        parse_config({"strategy": {"scheme": "prune_quantize"}}, ["search.resources_per_evaluation={gpu: x}"])
 
 
 def test_random_and_grid_run_in_parallel_with_the_same_points():
