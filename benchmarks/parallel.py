@@ -121,7 +121,6 @@ def table_b(rows, workers_list, seeds):
 def digits(repeats: int, budget: int, eval_epochs: int | None, final_epochs: int | None = None,
            default_threads: bool = False):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # one thread per worker
-    env.setdefault("CONDENSA_CACHE", str(REPO / ".cache"))
     base = [sys.executable, "-m", "condensa.cli", "search", str(REPO / "configs" / "digits.yaml"), "--quiet",
             "--set", f"search.budget={budget}"]
     if eval_epochs is not None:
