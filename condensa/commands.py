@@ -132,6 +132,8 @@ def _fingerprint(config: Config, strategy) -> dict[str, Any]:
 def run_search(config: Config, *, out: str | None = None, config_path: str | None = None, quiet: bool = False,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Search the strategy's open knobs, then re-run the best with the full recovery budget on test."""
+    if config.search.workers > 1:
+        require("ray")  # before any folder or training: parallel evaluations run on Ray
     out_dir = runs.output_folder(config, out, config_path, "search")
     with runs.exclusive(out_dir):  # one run per folder: two searches would interleave their journal lines
         return _search(config, out_dir, quiet, log)
@@ -149,9 +151,12 @@ def _search(config: Config, out_dir: Path, quiet: bool, log: Callable[[str], Non
     constraints = [Constraint(metric=c["metric"], upper=float(c["upper"])) for c in search_cfg.constraints]
     bar = Progress(search_cfg.budget, "search", quiet=quiet, unit="eval")
 
+    postfix: dict[str, Any] = {}
+
     def on_evaluation(evaluation, so_far) -> None:
         best = so_far.best_metrics or {}
-        postfix = {"best_" + metric: best.get(metric, "none")}
+        postfix.pop("ratio", None)
+        postfix["best_" + metric] = best.get(metric, "none")
         if "compression_ratio" in best:
             postfix["ratio"] = best["compression_ratio"]
         bar.update(1, **postfix)
@@ -159,10 +164,21 @@ def _search(config: Config, out_dir: Path, quiet: bool, log: Callable[[str], Non
     def evaluate(bound):
         return workspace.evaluate(bound, split="val", epochs=search_cfg.eval_epochs).metrics
 
+    parallel: dict[str, Any] = {}
+    if search_cfg.workers > 1:  # evaluations as Ray tasks (README: "Several evaluations at once")
+        from .parallel_eval import executor_factory
+
+        def on_pending(running) -> None:  # the evaluations in flight, beside the best so far
+            postfix["running"] = ",".join(f"#{p.step}" for p in sorted(running, key=lambda p: p.step)) or "-"
+            bar.update(0, **postfix)
+
+        parallel = {"workers": search_cfg.workers, "executor": executor_factory(config, workspace, log),
+                    "on_pending": on_pending}
     with bar:
         result = search(strategy, evaluate, objective, constraints, budget=search_cfg.budget, seed=config.seed,
                         method=search_cfg.method, journal=journal, fingerprint=_fingerprint(config, strategy),
-                        n_init=search_cfg.n_init, on_evaluation=on_evaluation, recommend=search_cfg.recommend)
+                        n_init=search_cfg.n_init, on_evaluation=on_evaluation, recommend=search_cfg.recommend,
+                        **parallel)
     summary: dict[str, Any] = {
         "command": "search",
         "feasible": result.feasible,

@@ -85,6 +85,10 @@ class SearchConfig:
     eval_epochs: int | None = None
     n_init: int | None = None
     recommend: str = "model"
+    workers: int = 1
+    ray_address: str | None = None
+    resources_per_evaluation: dict = field(default_factory=lambda: {"cpu": 1})
+    ranks_per_evaluation: int = 1
 
 
 @dataclass
@@ -233,7 +237,9 @@ def validate(config: Config) -> None:
     check_training("model.train", **dataclasses.asdict(config.model.train))
     search = config.search
     check_settings(budget=search.budget, method=search.method, recommend=search.recommend, n_init=search.n_init,
-                   direction=search.direction)
+                   direction=search.direction, workers=search.workers, ray_address=search.ray_address,
+                   resources_per_evaluation=search.resources_per_evaluation,
+                   ranks_per_evaluation=search.ranks_per_evaluation)
     _check_int("search.eval_epochs", search.eval_epochs, 0, null=True)
     for i, item in enumerate(search.constraints):
         where = f"search.constraints[{i}]"

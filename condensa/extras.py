@@ -16,6 +16,7 @@ EXTRAS = {
     "onnxruntime": ("onnx", "checking ONNX files"),
     "onnxscript": ("onnx", "writing ONNX files"),
     "matplotlib": ("report", "report plots"),
+    "ray": ("ray", "parallel search (search.workers > 1)"),
 }
 
 

@@ -32,7 +32,8 @@ def _is_int(value: Any) -> bool:
 
 
 def check_settings(*, budget: Any = 10, method: Any = "bo", recommend: Any = "model", n_init: Any = None,
-                   seed: Any = 0, direction: Any = "minimize", where: str = "search") -> None:
+                   seed: Any = 0, direction: Any = "minimize", workers: Any = 1, ray_address: Any = None,
+                   resources_per_evaluation: Any = None, ranks_per_evaluation: Any = 1, where: str = "search") -> None:
     """Validate search settings (the config's ``search`` section and :func:`search`'s arguments);
     raises :class:`ConfigError` naming ``where.field`` and what is allowed."""
     if not _is_int(budget) or budget < 1:
@@ -47,6 +48,38 @@ def check_settings(*, budget: Any = 10, method: Any = "bo", recommend: Any = "mo
         raise ConfigError(f"{where}.seed: must be an integer, got {seed!r}")
     if direction not in DIRECTIONS:
         raise ConfigError(f"{where}.direction: must be one of {list(DIRECTIONS)}, got {direction!r}")
+    _check_parallel(workers, method, ray_address, resources_per_evaluation, ranks_per_evaluation, where)
+
+
+def _check_parallel(workers, method, ray_address, resources, ranks, where: str) -> None:
+    """The parallel-search settings (``search.workers`` and the Ray keys; see :mod:`.parallel`)."""
+    if not _is_int(workers) or workers < 1:
+        raise ConfigError(f"{where}.workers: must be an integer >= 1, got {workers!r}")
+    if workers > 1 and method == "bisection":
+        raise ConfigError(f"{where}.workers: bisection is sequential (each point depends on the previous one); "
+                          "use workers: 1, or method bo, random or grid")
+    if ray_address is not None and (not isinstance(ray_address, str)
+                                    or (ray_address != "auto" and ":" not in ray_address)):
+        raise ConfigError(f"{where}.ray_address: must be null (start a local Ray), auto, ray://host:port or "
+                          f"host:port, got {ray_address!r}")
+    resources = {"cpu": 1} if resources is None else resources
+    if not isinstance(resources, Mapping):
+        raise ConfigError(f"{where}.resources_per_evaluation: must be a mapping like {{cpu: 1, gpu: 1}}, got {resources!r}")
+    for key, value in resources.items():
+        if key not in ("cpu", "gpu"):
+            raise ConfigError(f"{where}.resources_per_evaluation.{key}: unknown key; allowed: cpu, gpu")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "cpu" and value == 0):
+            raise ConfigError(f"{where}.resources_per_evaluation.{key}: must be a number "
+                              f"{'> 0' if key == 'cpu' else '>= 0'}, got {value!r}")
+    if not _is_int(ranks) or ranks < 1:
+        raise ConfigError(f"{where}.ranks_per_evaluation: must be an integer >= 1, got {ranks!r}")
+    if ranks > 1 and workers == 1:
+        raise ConfigError(f"{where}.ranks_per_evaluation: > 1 runs each evaluation as a torchrun job inside a Ray "
+                          "task and needs search.workers > 1; with one worker start the search itself under torchrun")
+    gpu = resources.get("gpu", 0)
+    if ranks > 1 and gpu and gpu != ranks:
+        raise ConfigError(f"{where}.ranks_per_evaluation: {ranks} ranks need resources_per_evaluation.gpu: {ranks} "
+                          f"(one GPU per rank) or gpu: 0 (CPU ranks), got gpu: {gpu}")
 
 
 @dataclass
@@ -176,6 +209,9 @@ def search(
     n_init: int | None = None,
     on_evaluation: Callable[[Evaluation, SearchResult], None] | None = None,
     recommend: str = "model",
+    workers: int = 1,
+    executor: Any = None,
+    on_pending: Callable[[list], None] | None = None,
 ) -> SearchResult:
     """Search ``strategy``'s open knobs; see :mod:`condensa.search.bo` for the algorithm.
 
@@ -190,12 +226,16 @@ def search(
     journal (``evaluation.resumed``), so a progress display starts where the search stands.
     ``recommend="model"`` (BO only) passes over measured-feasible points that the constraint GPs
     judge over the bound (lucky noise); use ``"observed"`` when ``evaluate`` is noiseless.
+    ``workers > 1`` keeps that many evaluations in flight (:mod:`condensa.search.parallel`) on
+    ``executor`` (an :class:`~condensa.search.executors.Executor`, or a factory
+    ``f(evaluate, workers)`` called only when there is work left; default: a local Ray instance);
+    ``on_pending(in_flight)`` is called whenever the set of running evaluations changes.
     """
     if isinstance(objective, str):
         objective = Objective(objective)
     if not isinstance(objective, Objective):
         raise ConfigError(f"search.objective: expected an Objective or a metric name, got {objective!r}")
-    check_settings(budget=budget, method=method, recommend=recommend, n_init=n_init, seed=seed)
+    check_settings(budget=budget, method=method, recommend=recommend, n_init=n_init, seed=seed, workers=workers)
     constraints = list(constraints)
     for c in constraints:
         if not isinstance(c, Constraint):
@@ -232,14 +272,24 @@ def search(
             for i in range(len(evaluations)):
                 on_evaluation(evaluations[i], summarize(evaluations[: i + 1], objective, constraints))
 
+    # workers > 1, an executor, or a journal a parallel search wrote (its steps are not 0..n-1 in
+    # order): the driver of parallel.py runs the loop; otherwise the sequential loop below, as always.
+    parallel = workers > 1 or executor is not None or bool(store is not None and store.pending)
     n_full = n_init if n_init is not None else default_n_init(space.dim)
+    if parallel and n_init is None:
+        n_full = max(n_full, workers)  # the first round of a wide search is space-filling too
     n_design = min(n_full, budget if n_init is not None else max(1, budget - 1))  # default: >= 1 model-guided step
     # The design is drawn at its uncapped size and truncated, so raising the budget later keeps it.
     design = bo.initial_design(space, n_full, seed)[:n_design] if method == "bo" else []
     better_end = _better_end(space, objective, cheap_loss) if method == "bisection" else 0.0
     size = space.size()
 
-    for step in range(len(evaluations), budget):
+    if parallel:
+        from .parallel import run_parallel  # the parallel driver (and Ray) only when asked for
+
+        run_parallel(strategy, evaluate, objective, constraints, budget, seed, method, space, evaluations, store,
+                     design, better_end, cheap_loss, workers, executor, on_evaluation, on_pending)
+    for step in range(budget if parallel else len(evaluations), budget):
         if size is not None and len({space.key(e.knobs) for e in evaluations}) >= size:
             break  # every possible knob assignment has been evaluated
         unit, proposal = _next_point(method, space, evaluations, constraints, objective, cheap_loss, design, better_end,
@@ -316,11 +366,19 @@ def _run_one(strategy, values, evaluate, objective, constraints, step, method) -
     try:
         metrics = evaluate(strategy.bind(values))
     except EvaluationError as error:
-        return Evaluation(step, values, {}, [math.inf] * len(constraints), None, False, "failed",
-                          " ".join(str(error).split()), time.perf_counter() - start, method)
+        return _failed(step, values, " ".join(str(error).split()), time.perf_counter() - start, constraints, method)
     seconds = time.perf_counter() - start
     if not isinstance(metrics, Mapping):
         raise SearchError(f"evaluate must return a dict of metrics, got {type(metrics).__name__}")
+    return _measured(step, values, metrics, seconds, objective, constraints, method)
+
+
+def _failed(step, values, message: str, seconds: float, constraints, method) -> Evaluation:
+    return Evaluation(step, values, {}, [math.inf] * len(constraints), None, False, "failed", message, seconds, method)
+
+
+def _measured(step, values, metrics: Mapping[str, Any], seconds: float, objective, constraints, method) -> Evaluation:
+    """An evaluation from the metrics ``evaluate`` returned: constraint values, objective, feasibility."""
     metrics = dict(metrics)
     constraint_values = [c.value(metrics) for c in constraints]
     value = objective.value(metrics, values)

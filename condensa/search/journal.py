@@ -4,7 +4,10 @@ The first line is a header holding the fingerprint of the config (strategy, obje
 constraints, method, seed, ...; not the budget, so a user can raise it and continue). Each
 evaluation is appended and fsynced as it finishes: a crash loses at most the evaluation in
 flight. The journal is never shortened: unreadable lines (a crash mid-write) are set aside in a
-copy of the file and every readable record is kept (see :class:`Journal`).
+copy of the file and every readable record is kept (see :class:`Journal`). A parallel search
+(``search.workers > 1``) also appends a ``pending`` line for each point it submits, before it
+runs, so a resumed search re-runs exactly the points that were in flight; evaluations then appear
+in completion order.
 """
 
 from __future__ import annotations
@@ -71,6 +74,12 @@ def _record_problem(record: Any) -> str | None:
                 or not isinstance(evaluation["constraints"], list):
             return "an evaluation whose knobs, metrics or constraints have the wrong type"
         return None
+    if kind == "pending":  # a point a parallel search submitted (search/parallel.py)
+        pending = record.get("pending")
+        if not isinstance(pending, dict) or isinstance(pending.get("index"), bool) \
+                or not isinstance(pending.get("index"), int) or not isinstance(pending.get("knobs"), dict):
+            return "a pending record without an integer 'index' and a 'knobs' mapping"
+        return None
     return f"a record of unknown type {kind!r}"
 
 
@@ -91,6 +100,9 @@ class Journal:
     def __init__(self, path: str | os.PathLike, *, writable: bool = True) -> None:
         self.path = Path(path)
         self.writable = writable
+        #: points a parallel search submitted (``{"index", "knobs", "proposal"}``), set by :meth:`read`
+        #: and :meth:`start`
+        self.pending: list[dict[str, Any]] = []
 
     def _scan(self) -> tuple[list[tuple[bytes, dict[str, Any]]], list[int], bytes]:
         """``(readable (line, record) pairs, numbers of unreadable lines, raw bytes)``; raises
@@ -120,14 +132,17 @@ class Journal:
         return self._parse(good)
 
     def _parse(self, good: list[tuple[bytes, dict[str, Any]]]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        header, rows = None, []
+        header, rows, pending = None, [], []
         for _, record in good:
             if record["type"] == "header":
                 if header is not None:
                     raise SearchError(f"{self.path}: holds two headers (two searches wrote it); use a new --out folder")
                 header = record
+            elif record["type"] == "pending":  # parallel search (search/parallel.py)
+                pending.append(record["pending"])
             else:
                 rows.append(record["evaluation"])
+        self.pending = pending
         return header, rows
 
     def start(self, fingerprint: dict[str, Any], space: dict[str, Any]) -> list[dict[str, Any]]:
@@ -149,6 +164,7 @@ class Journal:
         if bad:
             self._set_aside(raw, bad, len(rows))
         if header is None or not rows:  # nothing evaluated yet: (re)start with this config's header
+            self.pending = []  # points in flight when no evaluation had finished are proposed afresh
             if self.writable:
                 atomic_write_bytes(self.path, _line({"type": "header", "version": 1, **wanted}))
             return []
@@ -173,6 +189,11 @@ class Journal:
 
     def append(self, evaluation: dict[str, Any]) -> None:
         self._append({"type": "evaluation", "evaluation": evaluation})
+
+    def append_pending(self, pending: dict[str, Any]) -> None:
+        """A point a parallel search submitted, before it runs: ``{"index", "knobs", "proposal"}``
+        (same write gate as evaluations: only a writable journal is written)."""
+        self._append({"type": "pending", "pending": pending})
 
     def _append(self, record: dict[str, Any]) -> None:
         if not self.writable:

@@ -1,0 +1,131 @@
+"""Parallel search on a real local Ray instance: failures in tasks, kill -9 + resume, Ctrl-C.
+
+The in-process tests share one local Ray instance (starting one costs ~10 s); the kill and
+Ctrl-C tests run the search in a subprocess that starts its own. The kill -9 test starts Ray
+twice (about a minute on 2 cores) and is marked slow (``-m slow``); test_parallel.py checks the
+same resume logic on a simulated cluster in the default run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+sys.path.insert(0, str(Path(__file__).parent))
+import parallel_synthetic as syn  # noqa: E402
+from test_parallel import rows, run  # noqa: E402
+
+from condensa.errors import ConfigError, SearchError  # noqa: E402
+from condensa.search.executors import RayExecutor  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).parent / "parallel_synthetic.py"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.cloudpickle.register_pickle_by_value(syn)  # the workers do not have tests/ on their path
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def ray_processes() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines()[1:] if "raylet" in line or "gcs_server" in line}
+
+
+def start_script(journal: Path, marker: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(SCRIPT), str(journal), "--marker", str(marker), *args], cwd=REPO,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def test_ray_search_failures_in_tasks_are_failed_evaluations(local_ray):
+    dies = syn.Evaluator(die_below=0.01)  # the worker process exits
+    result, executor = run(2, budget=6, evaluate=dies, executor=RayExecutor(dies, 2))
+    assert not executor.started_here and ray.is_initialized()  # it used the running instance and left it alone
+    failed = [e for e in result.evaluations if e.status == "failed"]
+    assert failed and all("died" in e.message.lower() or "worker" in e.message.lower() for e in failed), \
+        [e.message for e in failed]
+    assert result.samples == 6 and result.feasible
+
+    raises = syn.Evaluator(fail_below=0.01)
+    result, _ = run(2, budget=6, evaluate=raises, executor=RayExecutor(raises, 2))
+    failed = [e for e in result.evaluations if e.status == "failed"]
+    assert failed and all(e.message.startswith("RuntimeError: synthetic crash") for e in failed)
+    assert result.samples == 6 and result.feasible
+
+
+def test_ray_search_stops_on_a_config_error_and_on_an_evaluate_the_workers_cannot_load(local_ray):
+    def misconfigured(bound):
+        raise ConfigError("search.objective: bad")
+
+    with pytest.raises(ConfigError, match="search.objective: bad"):
+        run(2, budget=4, evaluate=misconfigured, executor=RayExecutor(misconfigured, 2))
+
+    import types
+
+    module = types.ModuleType("not_on_the_workers")
+    exec("class Evaluate:\n    def __call__(self, bound):\n        return {}\n", module.__dict__)
+    sys.modules["not_on_the_workers"] = module
+    evaluate = module.Evaluate()
+    with pytest.raises(SearchError, match="cannot load the evaluate function"):
+        run(2, budget=4, evaluate=evaluate, executor=RayExecutor(evaluate, 2))
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_ray_search_then_resume_has_no_duplicate(tmp_path):
+    journal, marker = tmp_path / "j.jsonl", tmp_path / "started.txt"
+    before = ray_processes()
+    process = start_script(journal, marker, "--workers", "2", "--budget", "8", "--sleep", "2")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if journal.is_file() and len(rows(journal)) >= 3 and len(rows(journal, "pending")) >= 5:
+            break
+        if process.poll() is not None:
+            pytest.fail(process.stderr.read().decode()[-2000:])
+        time.sleep(0.1)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = {r["index"] for r in rows(journal)}
+    assert 3 <= len(finished) < 8
+    deadline = time.time() + 30
+    while ray_processes() - before and time.time() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes() - before, "the local Ray instance outlived its killed driver"
+    resumed = start_script(journal, marker, "--workers", "2", "--budget", "8", "--sleep", "0.2")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-3000:]
+    indices = [r["index"] for r in rows(journal)]
+    assert sorted(indices) == list(range(8)), indices  # no duplicated journal entry, nothing lost
+    assert len(marker.read_text().splitlines()) <= 8 + 2  # at most the 2 in-flight evaluations ran twice
+    assert json.loads(out.decode().splitlines()[-1])["samples"] == 8
+
+
+def test_ctrl_c_cancels_remote_tasks_and_leaves_a_valid_journal(tmp_path):
+    journal, marker = tmp_path / "j.jsonl", tmp_path / "started.txt"
+    process = start_script(journal, marker, "--workers", "2", "--budget", "8", "--sleep", "60")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (marker.is_file() and len(marker.read_text().splitlines()) >= 2):
+        if process.poll() is not None:
+            pytest.fail(process.stderr.read().decode()[-2000:])
+        time.sleep(0.1)
+    os.kill(process.pid, signal.SIGINT)
+    process.communicate(timeout=120)  # well before the 60 s tasks would have finished on their own
+    assert process.returncode != 0
+    assert rows(journal) == [] and len(rows(journal, "pending")) == 2  # header + the in-flight points, parseable
+    pids = {int(line.split()[1]) for line in marker.read_text().splitlines()}
+    deadline = time.time() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "a cancelled task is still running"
