@@ -84,14 +84,9 @@ def check_folder(path: str | Path, where: str = "--out") -> Path:
 
 def writable_folder(path: str | Path, where: str = "--out") -> Path:
     """``path`` as a folder this process can write (created if missing), checked before any work."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{where}: {path} is a file, not a folder")
+    path = check_folder(path, where)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
-        os.close(handle)
-        os.unlink(probe)
     except OSError as error:
         raise ConfigError(f"{where}: cannot write to {path}: {error.strerror or error}") from None
     return path

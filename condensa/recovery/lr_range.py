@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from ..operators import params
 from .config import TrainConfig
-from .train import autocast, make_optimizer
+from .train import batch_loss, make_optimizer
 
 #: rates tried per optimizer: six decades where each optimizer's useful rates live
 RANGES = {"adam": (1e-6, 1.0), "sgd": (1e-5, 10.0)}
@@ -94,13 +94,7 @@ def range_test(
         for group in optimizer.param_groups:
             group["lr"] = lr
         inputs, labels = inputs.to(device), labels.to(device)
-        with autocast(device, config.amp):
-            logits = probe(inputs)
-            teacher_logits = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(inputs).float()
-            loss = loss_fn(logits.float(), labels, teacher_logits)
+        loss = batch_loss(probe, teacher, inputs, labels, loss_fn, device, config.amp)
         value = float(loss.detach())
         if not math.isfinite(value):
             break

@@ -42,6 +42,18 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def batch_loss(model: nn.Module, teacher: nn.Module | None, inputs: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn,
+               device: torch.device, amp: str) -> torch.Tensor:
+    """One mini-batch's loss under autocast (the teacher's outputs without gradients)."""
+    with autocast(device, amp):
+        logits = model(inputs)
+        teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(inputs).float()
+        return loss_fn(logits.float(), labels, teacher_logits)
+
+
 def lr_factor(step: int, total: int, schedule: str = "cosine", warmup: int = 0) -> float:
     """Multiplier of the base learning rate before optimizer step ``step`` (0-based) of ``total``:
     linear warmup over ``warmup`` steps, then cosine decay to zero or constant."""
@@ -113,13 +125,7 @@ def train(
             if step >= budget:
                 break
             inputs, labels = inputs.to(device), labels.to(device)
-            with autocast(device, config.amp):
-                logits = trainable(inputs)
-                teacher_logits = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(inputs)
-                loss = loss_fn(logits.float(), labels, None if teacher_logits is None else teacher_logits.float())
+            loss = batch_loss(trainable, teacher, inputs, labels, loss_fn, device, config.amp)
             if penalty is not None:
                 loss = loss + penalty()
             if not torch.isfinite(loss):
