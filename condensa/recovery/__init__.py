@@ -7,7 +7,6 @@ label-preserving teacher-student loss.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +23,7 @@ from .config import RecoveryConfig, TrainConfig
 from .lc import lc_recover
 from .losses import DistillLoss
 from .lr_range import range_test
-from .train import ce_loss, make_loader, total_steps, train
+from .train import ce_loss, make_loader, train
 
 
 def check_distributed(config: RecoveryConfig) -> None:
@@ -109,10 +108,8 @@ def recover(
             raise ValueError("recovery.method=lc starts from the reference model; pass it as teacher")
         return lc_recover(model, teacher, data, config, strategy=strategy, device=device, loss_fn=loss_fn, seed=seed,
                           progress=progress, loader=loader, wrap=wrap, trace=trace)
-    batches = len(loader) if loader is not None else math.ceil(len(data) / config.batch_size)
-    warmup = int(round((config.warmup or 0.0) * total_steps(config, batches)))
     train(model, data, config.training(), device=device, loss_fn=loss_fn, teacher=teacher_for_loss, seed=seed,
-          progress=progress, loader=loader, wrap=wrap, warmup=warmup)
+          progress=progress, loader=loader, wrap=wrap, warmup=config.warmup_share)
     return model
 
 
@@ -140,6 +137,7 @@ def choose_lr(model: nn.Module, teacher: nn.Module | None, data: Dataset, config
         report.update(lr=lr_cache[key], lr_source="cached")
         return config.replace(lr=lr_cache[key])
     probe_loader = make_loader(data, config.batch_size, shuffle=True, seed=seed + 1000)
+    # the test sets its own rates; lr=1.0 only makes the settings a valid TrainConfig
     test = range_test(model, probe_loader, make_loss(config), config.replace(lr=1.0).training(), device=device, teacher=teacher,
                       steps=config.lr_test_steps)
     lr = float(distributed.all_mean([test.lr])[0])

@@ -153,6 +153,13 @@ class RecoveryConfig(TrainConfig):
             if not ok(getattr(self, name)):
                 raise ConfigError(f"{where}.{name}: must be {allowed}, got {getattr(self, name)!r}")
 
+    @property
+    def warmup_share(self) -> float:
+        """The warmup share this method uses (``warmup: null`` means 0.1 for L-C, 0 otherwise)."""
+        if self.warmup is not None:
+            return self.warmup
+        return 0.1 if self.method == "lc" else 0.0
+
     def replace(self, **changes: Any) -> RecoveryConfig:
         """A copy with ``changes`` (``None`` values are ignored: "keep the configured one")."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

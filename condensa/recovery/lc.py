@@ -151,17 +151,16 @@ def lc_recover(
     # One learning-rate schedule over the whole budget: the L steps, then (polish) fine-tuning of
     # the last C step's compressed model. Two calls of the loop rather than one, because attaching
     # masks mid-run would leave DDP's gradient hooks on the dense weights.
-    warmup = int(round((0.1 if config.warmup is None else config.warmup) * plan.total))
     l_steps = plan.total - plan.polish
     train(dense, data, replace(config.training(), max_steps=l_steps), device=device, loss_fn=loss_fn, teacher=teacher,
-          seed=seed, progress=progress, loader=loader, wrap=wrap, penalty=penalty, after_step=c_step, warmup=warmup,
+          seed=seed, progress=progress, loader=loader, wrap=wrap, penalty=penalty, after_step=c_step, warmup=config.warmup_share,
           schedule_span=(0, plan.total))
     final = state["compressed"]
     if final is None:  # the budget ended before the last C step (fewer batches than planned)
         final, _ = _compress(strategy, dense, {n: multipliers[n] / state["mu"] for n in names})
     if plan.polish:
         train(final, data, replace(config.training(), max_steps=plan.polish), device=device, loss_fn=loss_fn,
-              teacher=teacher, seed=seed + 1, loader=loader, wrap=wrap, warmup=warmup, schedule_span=(l_steps, plan.total))
+              teacher=teacher, seed=seed + 1, loader=loader, wrap=wrap, warmup=config.warmup_share, schedule_span=(l_steps, plan.total))
     recalibrate_batchnorm(final, make_loader(data, config.batch_size, shuffle=True, seed=seed), device)
     return final.eval()
 

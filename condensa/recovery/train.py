@@ -91,7 +91,7 @@ def train(
     penalty: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[int], None] | None = None,
     schedule: str = "cosine",
-    warmup: int = 0,
+    warmup: float = 0.0,
     schedule_span: tuple[int, int] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place for ``min(epochs * batches, max_steps)`` steps; returns it in eval mode.
@@ -99,7 +99,7 @@ def train(
     ``teacher`` (frozen, eval mode) provides teacher logits to ``loss_fn``; ``penalty()`` is added
     to every step's loss and ``after_step(steps_done)`` runs after every optimizer step (L-C uses
     both). ``schedule``: ``cosine`` decay to zero or ``constant``, after a linear warmup over the
-    first ``warmup`` steps; ``schedule_span=(offset, total)`` makes this run steps ``offset`` on
+    first ``warmup`` share of the schedule's steps; ``schedule_span=(offset, total)`` makes this run steps ``offset`` on
     of a ``total``-step schedule (L-C continues one schedule over two runs). A NaN or inf loss raises
     :class:`RecoveryError` so a search can record the evaluation as failed and go on.
     """
@@ -115,7 +115,8 @@ def train(
     optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" and device.type == "cuda" else None
     offset, span = schedule_span or (0, budget)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s + offset, span, schedule, warmup))
+    warmup_steps = int(round(warmup * span))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s + offset, span, schedule, warmup_steps))
     step = 0
     for epoch in range(config.epochs):
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
