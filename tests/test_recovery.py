@@ -195,7 +195,7 @@ def test_lc_schedule_follows_the_budget():
     assert schedule(100, RecoveryConfig(lc_steps=4, lc_polish=0.0)).at() == [25, 50, 75, 100]
 
 
-def test_lc_uses_the_whole_budget_and_ends_near_its_compressed_form(digits, digits_reference):
+def test_lc_uses_the_whole_budget_and_ends_near_its_compressed_form(digits, digits_reference, monkeypatch):
     """L-C runs its C steps over epochs x batches (not a fixed ~200 steps), then fine-tunes the
     compressed weights for the polish share. With defaults only (lr: auto) the distance of the
     weights from their compressed form falls to under a quarter of its peak (0.81 -> 0.14 here)
@@ -203,9 +203,20 @@ def test_lc_uses_the_whole_budget_and_ends_near_its_compressed_form(digits, digi
     strategy = Prune(density=0.05)
     model, _ = strategy.apply(digits_reference)
     config = RecoveryConfig.from_dict({"method": "lc", "epochs": 6})  # defaults: lr auto, derived schedule
+    from condensa.recovery import lc
+
+    runs: list[int] = []  # optimizer steps of each run of the training loop
+
+    def counting_train(*args, **kwargs):
+        runs.append(args[2].max_steps)
+        return original(*args, **kwargs)
+
+    original = lc.train
+    monkeypatch.setattr(lc, "train", counting_train)
     trace: list[dict] = []
     recovered = recover(model, digits_reference, digits.train, config, strategy=strategy, trace=trace)
     budget = 6 * math.ceil(len(digits.train) / config.batch_size)
+    assert runs == [budget - round(0.2 * budget), round(0.2 * budget)]  # the L steps, then fine-tuning theta
     assert trace[-1]["step"] == budget - round(0.2 * budget)
     distances = [t["distance"] for t in trace]
     assert trace[-1]["mu"] == pytest.approx(10.0) and distances[-1] < 0.25 * max(distances), distances
