@@ -1,7 +1,7 @@
 """Optional dependencies (pip extras): a one-line error naming the extra when one is missing.
 
-The core (operators, recovery, search, packed export) needs none of them; ONNX files, report plots
-and parallel search do.
+The core (operators, recovery, search, packed export) needs none of them; ONNX files, report plots,
+parallel search and Hugging Face models do.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ EXTRAS = {
     "onnxscript": ("onnx", "writing ONNX files"),
     "matplotlib": ("report", "report plots"),
     "ray": ("ray", "parallel search (search.workers > 1)"),
+    "transformers": ("hf", "Hugging Face and transformer models (hf:PATH, char_gpt)"),
 }
 
 
