@@ -1,6 +1,6 @@
 """Resolve a model spec to a fresh ``nn.Module``.
 
-A spec is a registered name (``digits_cnn``, ``digits_mlp``, ``char_lstm``), a torchvision model
+A spec is a registered name (``digits_cnn``, ``digits_mlp``, ``char_lstm``, ``char_gpt``), a torchvision model
 name (``resnet18``; random init, weights are never downloaded), ``package.module:function``, or
 ``path/to/file.py:function``. Factories take keyword arguments from the config.
 """
@@ -41,6 +41,13 @@ def _digits_mlp(**kwargs: Any) -> nn.Module:
 @register("char_lstm")
 def _char_lstm(**kwargs: Any) -> nn.Module:
     return CharLSTM(**kwargs)
+
+
+@register("char_gpt")
+def _char_gpt(**kwargs: Any) -> nn.Module:
+    from .char_gpt import char_gpt  # imports transformers: only when asked for
+
+    return char_gpt(**kwargs)
 
 
 def resolve_factory(spec: str | Callable[..., nn.Module]) -> Callable[..., nn.Module]:
