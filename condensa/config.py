@@ -105,6 +105,7 @@ class MetricsConfig:
     memorization: bool = False
     memorization_models: int = 48
     memorization_epochs: int = 15
+    agreement: Any = None
 
 
 @dataclass
@@ -251,6 +252,10 @@ def validate(config: Config) -> None:
     _check_int("metrics.latency_repeats", metrics.latency_repeats, 1)
     _check_int("metrics.memorization_models", metrics.memorization_models, 2)  # each example needs models with and without it
     _check_int("metrics.memorization_epochs", metrics.memorization_epochs, 1)
+    if metrics.agreement is not None and not callable(metrics.agreement) and (
+            not isinstance(metrics.agreement, str) or not metrics.agreement.strip()):
+        raise ConfigError("metrics.agreement: must be null or a function 'pkg.module:function' / 'path/file.py:function' "
+                          f"taking (output, reference_output, labels), got {metrics.agreement!r}")
     strategy = config.strategy
     if strategy.ops is not None and not strategy.ops and not strategy.scheme:
         raise ConfigError("strategy.ops: the list is empty; give at least one operator, e.g. [{Prune: {density: 0.1}}]")

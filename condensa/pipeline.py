@@ -44,6 +44,8 @@ METRICS = (
 )
 #: measured only with ``metrics.latency: true`` (or the ``latency`` objective)
 LATENCY_METRICS = ("latency_ms", "latency_batch_size", "latency_threads", "latency_repeats")
+#: measured only with ``metrics.agreement`` set: the user's score and ``1 - score`` (what a constraint bounds)
+AGREEMENT_METRICS = ("agreement", "disagreement")
 
 
 def is_callable_spec(objective: str) -> bool:
@@ -60,12 +62,16 @@ def check_metric_names(search: Any, metrics: MetricsConfig) -> None:
         known += LATENCY_METRICS
     if callable_objective:
         known.append("objective")
+    if metrics.agreement is not None:
+        known += AGREEMENT_METRICS
 
     def check(name: str, where: str, keywords: tuple[str, ...] = ()) -> None:
         if name in known or name in keywords:
             return
         if name in LATENCY_METRICS:
             raise ConfigError(f"{where}: '{name}' is measured only with metrics.latency: true")
+        if name in AGREEMENT_METRICS:
+            raise ConfigError(f"{where}: '{name}' is measured only with metrics.agreement: pkg.module:function")
         close = difflib.get_close_matches(name, list(keywords) + known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         allowed = f"{', '.join(keywords)}, a function 'pkg.module:function' or a metric: " if keywords else ""
@@ -129,6 +135,9 @@ class Workspace:
             self._objective_fn = objective
         elif objective_fn is None and is_callable_spec(objective):
             self._objective_fn = load_callable(objective, "search.objective")
+        agreement = self.metrics_config.agreement
+        self._agreement_fn: Callable | None = (
+            agreement if callable(agreement) or agreement is None else load_callable(agreement, "metrics.agreement"))
         recovery_config = self.recovery_config()  # validate early: a typo should fail before any training
         if recovery_config.loss not in ("ce", "distill"):
             make_loss(recovery_config)  # a user loss (module:function) must import before any training
@@ -231,6 +240,8 @@ class Workspace:
         }
         metrics.update(_likelihood(reference, compressed))
         metrics.update(mismatches(reference, compressed, self.splits.num_classes))
+        if self._agreement_fn is not None:
+            metrics.update(agreement(self._agreement_fn, self.metrics_config.agreement, compressed, reference))
         metrics.update({
             "density": overall_density(model),
             "footprint_bytes": size.bytes,
@@ -303,9 +314,22 @@ def _likelihood(reference: Predictions, compressed: Predictions) -> dict[str, fl
             "perplexity_increase": 100.0 * (ppl / ref_ppl - 1.0)}
 
 
+def agreement(fn: Callable, spec: Any, compressed: Predictions, reference: Predictions) -> dict[str, float]:
+    """``metrics.agreement``: the user's score of the compressed outputs against the reference
+    outputs on the whole split (for models that are not plain classifiers: embeddings, sigmoid
+    probabilities, ...), and ``disagreement = 1 - agreement`` for a constraint's upper bound."""
+    value = fn(compressed.logits, reference.logits, compressed.labels)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        name = spec if isinstance(spec, str) else getattr(spec, "__name__", "metrics.agreement")
+        raise ConfigError(f"metrics.agreement: {name} returned {value!r}; it must return a finite number (higher = closer)")
+    return {"agreement": float(value), "disagreement": 1.0 - float(value)}
+
+
 def result_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ["reference_accuracy", "accuracy", "accuracy_drop", "perplexity", "reference_perplexity", "mismatches", "mismatches_ref_correct",
-            "mismatches_ref_wrong", "mismatch_rate", "mismatch_bias", "density", "footprint_bytes",
+            "mismatches_ref_wrong", "mismatch_rate", "mismatch_bias", "agreement", "density", "footprint_bytes",
             "reference_bytes", "compression_ratio", "flops_dense", "flops_effective", "latency_ms"]
     return {k: metrics[k] for k in keys if k in metrics}
 
@@ -349,4 +373,4 @@ def workspace(
 
 
 __all__ = ["Workspace", "CompressedModel", "workspace", "result_summary", "check_strategy",
-           "check_metric_names", "METRICS", "LATENCY_METRICS"]
+           "check_metric_names", "METRICS", "LATENCY_METRICS", "AGREEMENT_METRICS"]

@@ -68,3 +68,21 @@ def tiny() -> nn.Module:
 @pytest.fixture()
 def tiny_input() -> torch.Tensor:
     return torch.randn(TINY_INPUT_SHAPE, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits splits."""
+    from condensa.data import digits_splits
+
+    return digits_splits()
+
+
+@pytest.fixture(scope="session")
+def digits_reference(digits):
+    """A trained digits CNN (cached in the session's model cache)."""
+    from condensa.models.reference import train_reference
+    from condensa.recovery import TrainConfig
+
+    return train_reference("digits_cnn", {}, digits, TrainConfig(epochs=30, lr=3e-3), data_key={"name": "digits"},
+                           log=lambda *_: None)

@@ -12,7 +12,7 @@ from condensa.data.digits import IndexedTensorDataset
 from condensa.errors import ConfigError, RecoveryError
 from condensa.metrics import predict
 from condensa.operators import params
-from condensa.recovery import RecoveryConfig, TrainConfig, recover
+from condensa.recovery import RecoveryConfig, recover
 from condensa.recovery.losses import DistillLoss, SoftAdapt, flip_term, kl_term, loss_terms
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.5, 0.2]])
@@ -79,20 +79,6 @@ def test_recovery_config_rejects_bad_values(data, fragment):
     with pytest.raises(ConfigError) as info:
         RecoveryConfig.from_dict(data)
     assert fragment in str(info.value)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from condensa.data import digits_splits
-
-    return digits_splits()
-
-
-@pytest.fixture(scope="module")
-def digits_reference(digits):
-    from condensa.models.reference import train_reference
-
-    return train_reference("digits_cnn", {}, digits, TrainConfig(epochs=30, lr=3e-3), data_key={"name": "digits"}, log=lambda *_: None)
 
 
 LC = {"method": "lc", "lc_steps": 9, "epochs": 10, "lc_polish": 0.0}  # lr: auto

@@ -39,12 +39,13 @@ def make_loss(config: RecoveryConfig) -> Callable:
         return DistillLoss(config.temperature, config.weights, config.softadapt_window, config.softadapt_beta, config.margin)
     if config.loss == "ce":
         return ce_loss
-    user = load_callable(config.loss, "recovery.loss")
+    user = config.loss if callable(config.loss) else load_callable(config.loss, "recovery.loss")
+    name = config.loss if isinstance(config.loss, str) else getattr(config.loss, "__name__", "the loss")
 
     def user_loss(output: torch.Tensor, labels: torch.Tensor, teacher_output: torch.Tensor | None) -> torch.Tensor:
         value = user(output, teacher_output, labels)
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
-            raise RecoveryError(f"recovery.loss: {config.loss} must return a scalar tensor, got "
+            raise RecoveryError(f"recovery.loss: {name} must return a scalar tensor, got "
                                 f"{type(value).__name__}{tuple(value.shape) if isinstance(value, torch.Tensor) else ''}")
         return value.reshape(())
 

@@ -107,7 +107,7 @@ class RecoveryConfig(TrainConfig):
 
     lr: Any = "auto"
     method: str = "finetune"
-    loss: str = "ce"
+    loss: Any = "ce"  # "ce", "distill", "pkg.module:function"; in Python also a callable
     temperature: float = 1.0
     weights: Any = field(default_factory=lambda: {"kl": 1.0})
     softadapt_window: int = 10
@@ -127,9 +127,9 @@ class RecoveryConfig(TrainConfig):
         where = self.section
         if self.method not in RECOVERY_METHODS:
             raise ConfigError(f"{where}.method: must be one of {list(RECOVERY_METHODS)}, got {self.method!r}")
-        if not isinstance(self.loss, str) or (self.loss not in LOSSES and ":" not in self.loss):
+        if not callable(self.loss) and (not isinstance(self.loss, str) or (self.loss not in LOSSES and ":" not in self.loss)):
             raise ConfigError(f"{where}.loss: must be one of {list(LOSSES)} or a module:function / file.py:function "
-                              f"taking (output, teacher_output, labels), got {self.loss!r}")
+                              f"(in Python: a callable) taking (output, teacher_output, labels), got {self.loss!r}")
         super().__post_init__()
         if self.weights != "auto":
             if not isinstance(self.weights, dict) or set(self.weights) - set(TERMS):
