@@ -30,6 +30,7 @@ def test_quickstart():
     ("examples/search_in_python.py", "prune.density"),
     ("examples/custom_objective.py", "ms"),
     ("examples/language_model.py", "perplexity"),
+    ("examples/speaker_encoder.py", "mean cosine"),  # needs: pip install --no-deps resemblyzer==0.1.4
 ])
 def test_examples_small(script, expect):
     assert expect in run(script, "--small").stdout

@@ -88,5 +88,5 @@ def test_a_python_callable_is_a_recovery_loss(digits, digits_reference):
 
     strategy = Prune(density=0.2)
     model = recover(strategy.apply(digits_reference)[0], digits_reference, digits.train,
-                    RecoveryConfig.from_dict({"loss": mse_to_teacher, "epochs": 1, "lr": 1e-3}), strategy=strategy)
-    assert calls and sum(calls) == len(digits.train) and isinstance(model, torch.nn.Module)
+                    RecoveryConfig.from_dict({"loss": mse_to_teacher, "epochs": 1}), strategy=strategy)
+    assert calls and sum(calls) >= len(digits.train) and isinstance(model, torch.nn.Module)  # lr: auto tests first

@@ -118,6 +118,8 @@ def lr_cache_key(strategy, config: RecoveryConfig, seed: int) -> str:
     """What a range test depends on: the bound strategy, the loss and the optimizer settings."""
     fields = {k: getattr(config, k) for k in ("method", "loss", "temperature", "weights", "margin", "optimizer",
                                                "momentum", "weight_decay", "batch_size", "amp", "lr_test_steps")}
+    if callable(fields["loss"]):  # a Python loss: its qualified name stands for it
+        fields["loss"] = f"{getattr(fields['loss'], '__module__', '')}.{getattr(fields['loss'], '__qualname__', repr(fields['loss']))}"
     return canonical_json({"strategy": strategy.to_dict() if strategy is not None else None, "seed": seed, **fields}).decode()
 
 
