@@ -480,10 +480,12 @@ def plan_tensor(spec: Spec, options: Options = Options()) -> Plan:
             if best is None or total < best.bits:
                 value_table = vplan.table_bits if huff else 0
                 gap_table = idx_plan["gap_plan"].table_bits if idx_plan.get("gap_plan") is not None else 0
+                columns = side - GROUP_BITS - 1 if spec.kind == GROUPED else 0  # the live-column bitmask
                 best = Plan(total, rows=kept, index=index, huffman_values=huff, value_plan=vplan if huff else None,
-                            breakdown={"header": head + row_flag + 2,
-                                       "rows": row_bits, "index": idx_bits - gap_table, "values": val_bits - value_table,
-                                       "scales": scale_bits, "codebook": side, "tables": value_table + gap_table},
+                            breakdown={"header": head + row_flag + 2 + (side - columns if spec.kind == GROUPED else 0),
+                                       "rows": row_bits, "index": idx_bits - gap_table + columns,
+                                       "values": val_bits - value_table, "scales": scale_bits,
+                                       "codebook": side if spec.kind == CODEBOOK else 0, "tables": value_table + gap_table},
                             **{k: v for k, v in idx_plan.items()})
     if best is None:
         raise CheckpointError(f"{spec.name}: no allowed layout")
