@@ -33,7 +33,7 @@ side info      kind 3: one fp32 scale per coded row (one per tensor for 1-D tens
                row bitmask one fp16 scale per (coded row, group of ``G`` live columns), row-major.
                Kind 5 codes only the live columns: its ``rows`` and ``index`` run over the
                ``[rows, live columns]`` matrix (:mod:`condensa.operators.groupwise`)
-streams        the index stream, then (kinds 3, 4) 1 bit raw/entropy-coded and the code stream,
+streams        the index stream, then (kinds 3, 4, 5) 1 bit raw/entropy-coded and the code stream,
                or (float kinds) the raw values; entropy-coded streams are
                :mod:`condensa.export.entropy` streams (Huffman or Golomb, whichever is cheaper)
 
@@ -163,7 +163,7 @@ class Spec:
     effective: torch.Tensor  # exactly what decoding returns
     kind: int
     bits: int = 0  # N of intN / cbN
-    codes: np.ndarray | None = None  # int64 symbols per element (kinds INT, CODEBOOK)
+    codes: np.ndarray | None = None  # int64 symbols per element (INT, CODEBOOK; GROUPED: [rows, live columns])
     alphabet: int = 0
     zero_symbol: int | None = None  # the symbol of an exact zero (INT: qmax; CODEBOOK: K, if any)
     scales: torch.Tensor | None = None  # INT: fp32 per row (or one); GROUPED: fp16 values [rows, groups]
