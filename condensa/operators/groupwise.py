@@ -52,7 +52,7 @@ def _rtn(compact: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tenso
     qmax = 2 ** (bits - 1) - 1
     rows, cols = compact.shape
     groups = math.ceil(cols / group_size)
-    padded = F.pad(compact.float(), (0, groups * group_size - cols))
+    padded = F.pad(compact.float(), (0, groups * group_size - cols)) if cols % group_size else compact.float()
     blocks = padded.reshape(rows, groups, group_size)
     scale = (blocks.abs().amax(dim=2) / qmax).clamp(max=_FP16_MAX).to(SCALE_DTYPE).float()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: codes 0, scale 1
@@ -66,7 +66,7 @@ def group_quantize(matrix: torch.Tensor, bits: int, group_size: int) -> tuple[to
     matrix = matrix.detach()
     live = (matrix != 0).any(dim=0)
     while True:
-        q, scale = _rtn(matrix[:, live], bits, group_size)
+        q, scale = _rtn(matrix if bool(live.all()) else matrix[:, live], bits, group_size)
         alive = (q != 0).any(dim=0)
         if bool(alive.all()):
             return q, scale, live
@@ -79,8 +79,10 @@ def group_dequantize(q: torch.Tensor, scale: torch.Tensor, live: torch.Tensor, g
     """The tensor of ``shape`` that codes ``q`` over the ``live`` columns and ``scale`` represent."""
     rows, cols = q.shape
     groups = scale.shape[1]
-    padded = F.pad(q.float(), (0, groups * group_size - cols))
+    padded = F.pad(q.float(), (0, groups * group_size - cols)) if cols % group_size else q.float()
     compact = (padded.reshape(rows, groups, group_size) * scale.float().unsqueeze(2)).reshape(rows, -1)[:, :cols]
+    if cols == live.numel():  # every column live (the common case): no scatter
+        return compact.reshape(shape).to(dtype)
     full = torch.zeros(rows, live.numel(), dtype=torch.float32, device=q.device)
     full[:, live] = compact
     return full.reshape(shape).to(dtype)
