@@ -196,6 +196,23 @@ def test_surgery_that_would_regroup_a_tensor_stores_it_unshrunk(tmp_path):
         save(model, tmp_path / "forced", strategy=strategy, record=record, example_input=x, onnx=False, surgery=True)
 
 
+def test_surgery_of_dead_columns_keeps_every_group(tmp_path):
+    """NeuronPrune masks layer 0's rows; with the consumer's columns masked too, they are dead, so
+    quantize-then-shrink == shrink-then-quantize and the shrunk export holds the same values."""
+    strategy = Compose([NeuronPrune(0.5), Quantize("int4", group_size=16)])
+    model, record = strategy.apply(_mlp())
+    alive = params.get_mask(model[0], "weight").any(dim=1)
+    params.set_mask(model[2], "weight", alive.expand(10, 48))
+    x = torch.randn(3, 100)
+    manifest = save(model, tmp_path, strategy=strategy, record=record, example_input=x, onnx=False, surgery=True)
+    assert manifest["surgery"]["applied"] and manifest["tensors"]["2.weight"]["shape"] == [10, 24]
+    loaded, _ = load(tmp_path, model_factory=_mlp)
+    baked = params.baked_copy(model)
+    assert torch.equal(loaded[2].weight, baked[2].weight[:, alive])
+    assert torch.equal(loaded[0].weight, baked[0].weight[alive])
+    assert torch.allclose(loaded(x), baked(x), atol=1e-6)
+
+
 def test_compress_export_eval_gives_identical_metrics(tmp_path):
     from condensa import commands
     from condensa.config import parse_config
