@@ -43,7 +43,8 @@ fp32, bitmask + int8, relative + int8, ...); by default it takes the cheapest of
 The decoder needs no options.
 
 Exactness: decoding returns, for every tensor, exactly the ``effective`` value of :func:`specs`
--- the dequantized codes (``dequantize_int`` as ``FakeQuantize`` computes them), the codebook
+-- the dequantized codes (``dequantize_int`` as ``FakeQuantize`` computes them; group-wise codes
+as ``GroupFakeQuantize`` does), the codebook
 values, or the stored float -- compared with ``torch.equal`` (a masked ``-0.0`` comes back as
 ``+0.0``).
 """
