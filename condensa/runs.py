@@ -186,7 +186,7 @@ def quant_dtypes(record: dict[str, Any]) -> dict[str, str]:
             dtypes[name] = entry["dtype"]
             continue
         for op in entry.get("ops", []):
-            if params.is_quant_dtype(op):
+            if params.is_quant_dtype(op) or params.group_dtype(op):
                 dtypes[name] = op
     return dtypes
 

@@ -96,20 +96,33 @@ def _shrink(model: nn.Module, strategy: Any, example_input: torch.Tensor | None,
     return _Shrunk(base, report, info)
 
 
+class _GroupsChanged(ModelError):
+    """Surgery removed nonzero input columns of a group-wise quantized tensor."""
+
+
 def _specs(model: nn.Module, shrunk: _Shrunk, quant: dict[str, str], skip: dict[str, str]) -> list[packing.Spec]:
     """Step 2: what each tensor is stored as. Unshrunk: the caller's model itself (its quantizers
     give the exact codes). Shrunk: the smaller copy, but integer codes and scales are the original
-    ones, sliced as surgery sliced the tensor (re-quantizing a sliced row could pick another scale)."""
+    ones, sliced as surgery sliced the tensor (re-quantizing a sliced row could pick another scale).
+    Group-wise tensors cannot be sliced along their inputs (groups would move), so they are
+    re-quantized after surgery, which gives the same values when the removed input columns were
+    zero (groups skip dead columns); otherwise :class:`_GroupsChanged`."""
     if shrunk.report is None:
         return packing.specs(model, quant, skip)
     out = packing.specs(shrunk.base, quant, skip)
     for i, spec in enumerate(out):
-        if spec.kind != packing.INT:
+        if spec.kind not in (packing.INT, packing.GROUPED):
             continue
         module_name, _, tensor_name = spec.name.rpartition(".")
         module = model.get_submodule(module_name) if module_name else model
         source = (params.masked_tensor(module, tensor_name) if params.get_quant(module, tensor_name) is not None
                   else getattr(module, tensor_name).detach())
+        if spec.kind == packing.GROUPED:
+            original = packing.grouped_spec(spec.name, source.cpu(), spec.bits, spec.group_size, spec.effective.dtype)
+            if not torch.equal(shrunk.report.select(spec.name, original.effective), spec.effective):
+                raise _GroupsChanged(f"{spec.name}: surgery removes nonzero input columns of a group-wise quantized "
+                                     "tensor, which would regroup it")
+            continue
         q, scale = params.quantize_int(source.cpu(), spec.bits)
         q = shrunk.report.select(spec.name, q)
         if scale.numel() > 1:
@@ -120,7 +133,8 @@ def _specs(model: nn.Module, shrunk: _Shrunk, quant: dict[str, str], skip: dict[
 
 def _int_bits(quantized: dict[str, str | None]) -> list[int]:
     """The integer widths among ``{tensor: dtype}`` (``int8`` -> 8), for QDQ in ONNX."""
-    return sorted({int(d[3:]) for d in quantized.values() if isinstance(d, str) and d.startswith("int")})
+    return sorted({int(d[3:]) for d in quantized.values() if isinstance(d, str) and params.is_quant_dtype(d)
+                   and d.startswith("int")})  # group-wise (int4g32) tensors stay dequantized fp32 in ONNX
 
 
 def _onnx_entry(base: nn.Module, example_input: Any, path_dir: Path, int_bits: list[int]) -> dict[str, Any]:
@@ -178,7 +192,14 @@ def save(
 
         quant = packing.quant_plan(model, record)
         aliases = packing.aliases(shrunk.base)
-        tensor_specs = _specs(model, shrunk, quant, aliases)
+        try:
+            tensor_specs = _specs(model, shrunk, quant, aliases)
+        except _GroupsChanged as error:
+            if surgery is True:
+                raise
+            shrunk = _Shrunk(params.baked_copy(model).eval(), None, {"applied": False, "reason": str(error)})
+            aliases = packing.aliases(shrunk.base)
+            tensor_specs = _specs(model, shrunk, quant, aliases)
         options = options or packing.Options()
         size = packing.packed_size(tensor_specs, options)
         layout = {spec.name: {**packing.describe(spec, size.tensors[spec.name]), "quantized": quant.get(spec.name)}

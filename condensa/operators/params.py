@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 
 _INT_DTYPE = re.compile(r"^int([2-8])$")
 _CB_DTYPE = re.compile(r"^cb([1-8])$")  # weight sharing, 2^N centroids (operators/codebook.py)
+_GROUP_DTYPE = re.compile(r"^int([2-8])g([1-9][0-9]*)$")  # group-wise intN, one fp16 scale per G inputs (groupwise.py)
 FLOAT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -26,7 +27,7 @@ def dtype_bits(dtype: str) -> int:
     """Storage bits per value of a quantization dtype name (``int8`` -> 8, ``fp16`` -> 16)."""
     if dtype in FLOAT_DTYPES:
         return 16
-    match = _INT_DTYPE.match(dtype) or _CB_DTYPE.match(dtype)
+    match = _INT_DTYPE.match(dtype) or _CB_DTYPE.match(dtype) or _GROUP_DTYPE.match(dtype)
     if not match:
         raise ValueError(f"unknown dtype {dtype!r}")
     return int(match.group(1))
@@ -34,6 +35,12 @@ def dtype_bits(dtype: str) -> int:
 
 def is_quant_dtype(dtype: object) -> bool:
     return isinstance(dtype, str) and (dtype in FLOAT_DTYPES or bool(_INT_DTYPE.match(dtype)))
+
+
+def group_dtype(dtype: object) -> tuple[int, int] | None:
+    """``(bits, group_size)`` of a group-wise dtype name (``int4g32`` -> ``(4, 32)``), else None."""
+    match = _GROUP_DTYPE.match(dtype) if isinstance(dtype, str) else None
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 class Mask(nn.Module):
@@ -188,7 +195,13 @@ def set_quant(module: nn.Module, name: str, dtype: str) -> None:
     existing = get_quant(module, name)
     if existing is not None and existing.dtype == dtype:
         return
-    _reattach(module, name, get_mask(module, name), FakeQuantize(dtype))
+    if _GROUP_DTYPE.match(dtype):
+        from .groupwise import GroupFakeQuantize
+
+        quant: FakeQuantize = GroupFakeQuantize(dtype)
+    else:
+        quant = FakeQuantize(dtype)
+    _reattach(module, name, get_mask(module, name), quant)
 
 
 def compressed_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:

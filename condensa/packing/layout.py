@@ -15,7 +15,8 @@ manifest's tensor table (and must match the model the factory rebuilds).
 Per tensor (fields LSB-first, no padding between tensors; ``w(n) = ceil(log2 n)``):
 
 ``kind``       3 bits: 0 native dtype, 1 fp16 values, 2 bf16 values, 3 ``intN`` codes with fp32
-               per-row scales, 4 codebook (``cbN``); for 3/4 ``N-1`` in 3 bits
+               per-row scales, 4 codebook (``cbN``), 5 group-wise ``intN`` codes with fp16 scales per
+               (row, group) (``intNgG``); for 3/4/5 ``N-1`` in 3 bits
 ``constant``   1 bit (float kinds): every element equals one value, stored once; done
 ``rows``       1 bit (tensors of >= 2 dims and >= 2 rows): a row bitmask follows and only the
                rows with a nonzero are coded (what filter / neuron pruning leaves)
@@ -26,8 +27,13 @@ Per tensor (fields LSB-first, no padding between tensors; ``w(n) = ceil(log2 n)`
                gaps, Han et al. 2016)
 side info      kind 3: one fp32 scale per coded row (one per tensor for 1-D tensors); kind 4:
                ``K-1`` in 8 bits, the centroid dtype (2 bits: fp16/bf16/fp32), ``K`` centroids
-               (the distinct nonzero values, ascending), 1 bit: the stream has a zero symbol ``K``
-streams        the index stream, then (kinds 3, 4) 1 bit raw/entropy-coded and the code stream,
+               (the distinct nonzero values, ascending), 1 bit: the stream has a zero symbol ``K``;
+               kind 5 (before ``rows``): ``G-1`` in 16 bits, 1 bit: a bitmask of the live input
+               columns follows (one bit per column of the ``[rows, inputs]`` view), and after the
+               row bitmask one fp16 scale per (coded row, group of ``G`` live columns), row-major.
+               Kind 5 codes only the live columns: its ``rows`` and ``index`` run over the
+               ``[rows, live columns]`` matrix (:mod:`condensa.operators.groupwise`)
+streams        the index stream, then (kinds 3, 4, 5) 1 bit raw/entropy-coded and the code stream,
                or (float kinds) the raw values; entropy-coded streams are
                :mod:`condensa.export.entropy` streams (Huffman or Golomb, whichever is cheaper)
 
@@ -37,7 +43,8 @@ fp32, bitmask + int8, relative + int8, ...); by default it takes the cheapest of
 The decoder needs no options.
 
 Exactness: decoding returns, for every tensor, exactly the ``effective`` value of :func:`specs`
--- the dequantized codes (``dequantize_int`` as ``FakeQuantize`` computes them), the codebook
+-- the dequantized codes (``dequantize_int`` as ``FakeQuantize`` computes them; group-wise codes
+as ``GroupFakeQuantize`` does), the codebook
 values, or the stored float -- compared with ``torch.equal`` (a masked ``-0.0`` comes back as
 ``+0.0``).
 """
@@ -62,8 +69,10 @@ VERSION = 2  # the payload's first byte (format 1: the fixed-width per-tensor en
 VERSION_BITS = 8
 DIGEST_BITS = 64  # the first 64 bits of the layout hash
 HEADER_BITS = VERSION_BITS + DIGEST_BITS
-NATIVE, FP16, BF16, INT, CODEBOOK = range(5)
-KIND_NAMES = {NATIVE: "native", FP16: "fp16", BF16: "bf16", INT: "int", CODEBOOK: "codebook"}
+NATIVE, FP16, BF16, INT, CODEBOOK, GROUPED = range(6)
+KIND_NAMES = {NATIVE: "native", FP16: "fp16", BF16: "bf16", INT: "int", CODEBOOK: "codebook", GROUPED: "grouped"}
+CODED = (INT, CODEBOOK, GROUPED)  # kinds that store integer symbols
+GROUP_BITS = 16  # G-1 of a grouped tensor
 DENSE, BITMASK, RELATIVE, RELATIVE_EC = range(4)
 INDEX_NAMES = {DENSE: "dense", BITMASK: "bitmask", RELATIVE: "relative", RELATIVE_EC: "relative-ec"}
 CENTROID_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
@@ -114,7 +123,7 @@ def quant_plan(model: nn.Module, record: Any = None) -> dict[str, str]:
             continue
         tensor = state[name]
         dtype, bits = entry.get("dtype"), entry.get("bits")
-        if isinstance(dtype, str) and (dtype.startswith("cb") or params.is_quant_dtype(dtype)):
+        if isinstance(dtype, str) and (dtype.startswith("cb") or params.is_quant_dtype(dtype) or params.group_dtype(dtype)):
             dtypes[name] = dtype
             continue
         if not isinstance(bits, int) or bits >= torch.finfo(tensor.dtype).bits:
@@ -155,12 +164,23 @@ class Spec:
     effective: torch.Tensor  # exactly what decoding returns
     kind: int
     bits: int = 0  # N of intN / cbN
-    codes: np.ndarray | None = None  # int64 symbols per element (kinds INT, CODEBOOK)
+    codes: np.ndarray | None = None  # int64 symbols per element (INT, CODEBOOK; GROUPED: [rows, live columns])
     alphabet: int = 0
     zero_symbol: int | None = None  # the symbol of an exact zero (INT: qmax; CODEBOOK: K, if any)
-    scales: torch.Tensor | None = None  # INT: fp32 per row (or one)
+    scales: torch.Tensor | None = None  # INT: fp32 per row (or one); GROUPED: fp16 values [rows, groups]
     centroids: torch.Tensor | None = None  # CODEBOOK: stored centroid values (their own dtype)
     value_dtype: torch.dtype | None = None  # NATIVE/FP16/BF16: dtype of a stored value
+    group_size: int = 0  # GROUPED: inputs per scale
+    live: np.ndarray | None = None  # GROUPED: bool per input column (the coded ones)
+
+    def coded(self) -> tuple[torch.Tensor, np.ndarray | None]:
+        """``(values, symbols)`` of the elements the layout codes: the tensor itself, or for
+        GROUPED its ``[rows, live columns]`` matrix (the only kind whose symbols are 2-D)."""
+        if self.kind != GROUPED:
+            return self.effective, (self.codes.reshape(-1) if self.codes is not None else None)
+        live = torch.from_numpy(self.live)
+        rows = self.effective.shape[0] if self.effective.dim() > 1 else 1
+        return self.effective.reshape(rows, -1)[:, live], self.codes.reshape(-1)
 
 
 def _module_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -235,6 +255,10 @@ def specs(model: nn.Module, dtypes: dict[str, str] | None = None, skip: Any = ()
             k = centroids.numel()
             symbols = torch.where(mask, codes, torch.full_like(codes, k)).numpy()
             out.append(Spec(name, tensor.clone(), CODEBOOK, bits, symbols, k, k, centroids=centroids.to(low)))
+        elif params.group_dtype(dtype):
+            bits, group_size = params.group_dtype(dtype)
+            source = params.masked_tensor(module, tensor_name) if quant is not None else tensor
+            out.append(grouped_spec(name, source.detach().cpu(), bits, group_size, tensor.dtype))
         elif dtype is not None and dtype.startswith("int"):
             bits = int(dtype[3:])
             source = params.masked_tensor(module, tensor_name) if quant is not None else tensor
@@ -254,6 +278,19 @@ def int_spec(name: str, q: torch.Tensor, scale: torch.Tensor, bits: int, dtype: 
     effective = params.dequantize_int(q, scale).to(dtype)
     return Spec(name, effective, INT, bits, (q.to(torch.int64) + qmax).numpy(), 2 * qmax + 1, qmax,
                 scales=scale.to(torch.float32))
+
+
+def grouped_spec(name: str, source: torch.Tensor, bits: int, group_size: int,
+                 dtype: torch.dtype = torch.float32) -> Spec:
+    """The spec of an ``intNgG`` tensor quantized from ``source`` (the masked, unquantized weight,
+    or the dequantized one: re-quantizing it gives the same codes)."""
+    from ..operators.groupwise import as_matrix, group_dequantize, group_quantize
+
+    q, scale, live = group_quantize(as_matrix(source), bits, group_size)
+    qmax = 2 ** (bits - 1) - 1
+    effective = group_dequantize(q, scale, live, group_size, source.shape, dtype)
+    return Spec(name, effective, GROUPED, bits, (q.to(torch.int64) + qmax).numpy(), 2 * qmax + 1, qmax,
+                scales=scale, group_size=group_size, live=live.numpy())
 
 
 # -- float bit patterns -----------------------------------------------------------------------
@@ -337,6 +374,11 @@ def _gap_symbols(positions: np.ndarray, b: int) -> np.ndarray:
     return out
 
 
+def _group_side_bits(spec: Spec) -> int:
+    """GROUPED side info before the row bitmask: ``G-1``, the column flag and bitmask."""
+    return GROUP_BITS + 1 + (0 if spec.live.all() else spec.live.size)
+
+
 def _alphabet(spec: Spec, stream: np.ndarray) -> int:
     """Symbols of a coded value stream: codebook streams get the zero symbol only if they use it."""
     if spec.kind == CODEBOOK:
@@ -345,18 +387,18 @@ def _alphabet(spec: Spec, stream: np.ndarray) -> int:
 
 
 def _value_width(spec: Spec) -> int:
-    if spec.kind in (INT, CODEBOOK):
+    if spec.kind in CODED:
         return E.width(spec.alphabet)
     return _float_bits(torch.zeros(1), spec.value_dtype)[1] if spec.value_dtype.is_floating_point else 64
 
 
 def _header_bits(spec: Spec) -> int:
-    return 3 + (3 if spec.kind in (INT, CODEBOOK) else 0) + 1
+    return 3 + (3 if spec.kind in CODED else 0) + 1
 
 
 def plan_tensor(spec: Spec, options: Options = Options()) -> Plan:
     """The cheapest allowed layout of ``spec`` and its exact size in bits."""
-    t = spec.effective
+    t, symbols_all = spec.coded()
     head = _header_bits(spec)
     if not t.is_floating_point():
         bits = head + _exp_golomb_bits(t.reshape(-1).numpy().astype(np.int64))
@@ -366,8 +408,10 @@ def plan_tensor(spec: Spec, options: Options = Options()) -> Plan:
     side = 0
     if spec.kind == CODEBOOK:
         side = 8 + 2 + 1 + spec.centroids.numel() * torch.finfo(spec.centroids.dtype).bits
+    elif spec.kind == GROUPED:
+        side = _group_side_bits(spec)
     # constant tensors: one value (only for plain floats: codes need their side info anyway)
-    if spec.kind not in (INT, CODEBOOK) and numel > 0 and bool((flat == flat[0]).all()):
+    if spec.kind not in CODED and numel > 0 and bool((flat == flat[0]).all()):
         width = _value_width(spec)
         return Plan(head + width, constant=True, breakdown={"constants": width, "header": head})
     best: Plan | None = None
@@ -376,10 +420,9 @@ def plan_tensor(spec: Spec, options: Options = Options()) -> Plan:
     if options.rows and row_flag:
         row_options.append(True)
     nonzero_all = (flat != 0).numpy()
-    symbols_all = spec.codes.reshape(-1) if spec.codes is not None else None
     for use_rows in row_options:
         if use_rows:
-            kept = nonzero_all.reshape(t.shape[0], -1).any(axis=1)
+            kept = nonzero_all.reshape(t.shape[0], numel // t.shape[0]).any(axis=1)
             if kept.all():
                 continue
             sel = np.repeat(kept, numel // t.shape[0])
@@ -387,14 +430,18 @@ def plan_tensor(spec: Spec, options: Options = Options()) -> Plan:
             symbols = symbols_all[sel] if symbols_all is not None else None
             row_bits = t.shape[0]
             n_scales = int(kept.sum()) if spec.kind == INT else 0
+            if spec.kind == GROUPED:
+                n_scales = int(kept.sum()) * spec.scales.shape[1]
         else:
             kept = None
             nonzero = nonzero_all
             symbols = symbols_all
             row_bits = 0
             n_scales = (t.shape[0] if t.dim() >= 2 else 1) if spec.kind == INT else 0
+            if spec.kind == GROUPED:
+                n_scales = spec.scales.numel()
         inner = nonzero.size
-        scale_bits = 32 * n_scales
+        scale_bits = (16 if spec.kind == GROUPED else 32) * n_scales
         fixed = head + row_flag + 2 + row_bits + side + scale_bits
         positions = np.flatnonzero(nonzero)
         for index in options.index_modes():
@@ -434,10 +481,12 @@ def plan_tensor(spec: Spec, options: Options = Options()) -> Plan:
             if best is None or total < best.bits:
                 value_table = vplan.table_bits if huff else 0
                 gap_table = idx_plan["gap_plan"].table_bits if idx_plan.get("gap_plan") is not None else 0
+                columns = side - GROUP_BITS - 1 if spec.kind == GROUPED else 0  # the live-column bitmask
                 best = Plan(total, rows=kept, index=index, huffman_values=huff, value_plan=vplan if huff else None,
-                            breakdown={"header": head + row_flag + 2,
-                                       "rows": row_bits, "index": idx_bits - gap_table, "values": val_bits - value_table,
-                                       "scales": scale_bits, "codebook": side, "tables": value_table + gap_table},
+                            breakdown={"header": head + row_flag + 2 + (side - columns if spec.kind == GROUPED else 0),
+                                       "rows": row_bits, "index": idx_bits - gap_table + columns,
+                                       "values": val_bits - value_table, "scales": scale_bits,
+                                       "codebook": side if spec.kind == CODEBOOK else 0, "tables": value_table + gap_table},
                             **{k: v for k, v in idx_plan.items()})
     if best is None:
         raise CheckpointError(f"{spec.name}: no allowed layout")
@@ -449,9 +498,9 @@ def plan_tensor(spec: Spec, options: Options = Options()) -> Plan:
 
 def _write_tensor(w: E.BitWriter, spec: Spec, plan: Plan, options: Options) -> None:
     start = w.bits
-    t = spec.effective
+    t, symbols_all = spec.coded()
     w.write(spec.kind, 3)
-    if spec.kind in (INT, CODEBOOK):
+    if spec.kind in CODED:
         w.write(spec.bits - 1, 3)
     if not t.is_floating_point():
         w.write(0, 1)
@@ -471,6 +520,11 @@ def _write_tensor(w: E.BitWriter, spec: Spec, plan: Plan, options: Options) -> N
         w.write(CENTROID_CODES[spec.centroids.dtype], 2)
         raw, width = _float_bits(spec.centroids, spec.centroids.dtype)
         w.write_many(raw, width)
+    elif spec.kind == GROUPED:
+        w.write(spec.group_size - 1, GROUP_BITS)
+        w.write(int(not spec.live.all()), 1)
+        if not spec.live.all():
+            w.write_many(spec.live.astype(np.int64), 1)
     sel = slice(None)
     if plan.rows is not None:
         w.write_many(plan.rows.astype(np.int64), 1)
@@ -481,6 +535,12 @@ def _write_tensor(w: E.BitWriter, spec: Spec, plan: Plan, options: Options) -> N
             scales = scales[torch.from_numpy(plan.rows)]
         raw, _ = _float_bits(scales, torch.float32)
         w.write_many(raw, 32)
+    elif spec.kind == GROUPED:
+        scales = spec.scales
+        if plan.rows is not None:
+            scales = scales[torch.from_numpy(plan.rows)]
+        raw, _ = _float_bits(scales.reshape(-1), torch.float16)
+        w.write_many(raw, 16)
     nonzero = (flat != 0).numpy()[sel]
     positions = np.flatnonzero(nonzero)
     if plan.index == BITMASK:
@@ -492,8 +552,8 @@ def _write_tensor(w: E.BitWriter, spec: Spec, plan: Plan, options: Options) -> N
             w.write_many(plan.gaps, plan.b)
         else:
             E.write_stream(w, plan.gaps, 1 << plan.b, plan.gap_plan)
-    if spec.codes is not None:
-        symbols = spec.codes.reshape(-1)[sel]
+    if symbols_all is not None:
+        symbols = symbols_all[sel]
         if plan.index != DENSE:
             symbols = symbols[positions]
         alphabet = _alphabet(spec, symbols)
@@ -520,7 +580,9 @@ def _check(w: E.BitWriter, start: int, plan: Plan, spec: Spec) -> None:
 
 def _read_tensor(r: E.BitReader, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     kind = r.read(3)
-    bits = r.read(3) + 1 if kind in (INT, CODEBOOK) else 0
+    if kind not in KIND_NAMES:
+        raise CheckpointError(f"unknown tensor kind {kind}")
+    bits = r.read(3) + 1 if kind in CODED else 0
     numel = math.prod(shape)
     if not dtype.is_floating_point:
         r.read(1)
@@ -530,6 +592,8 @@ def _read_tensor(r: E.BitReader, shape: tuple[int, ...], dtype: torch.dtype) -> 
         width = 32 if value_dtype == torch.float32 else 16 if value_dtype in (torch.float16, torch.bfloat16) else 64
         value = _from_bits(np.array([r.read(width)]), value_dtype).to(dtype)
         return value.expand(numel).reshape(shape).clone()
+    if kind == GROUPED:
+        return _read_grouped(r, shape, dtype, bits)
     use_rows = bool(r.read(1)) if len(shape) >= 2 and shape[0] > 1 else False
     index = r.read(2)
     centroids = None
@@ -550,21 +614,7 @@ def _read_tensor(r: E.BitReader, shape: tuple[int, ...], dtype: torch.dtype) -> 
         if n_scales is None:  # 1-D or scalar: one scale unless one per element was stored (never for 1-D)
             n_scales = 1
         scales = _from_bits(r.read_many(n_scales, 32), torch.float32)
-    if index == DENSE:
-        positions = np.arange(inner)
-    elif index == BITMASK:
-        positions = np.flatnonzero(r.read_many(inner, 1))
-    else:
-        b = r.read(4) + 1
-        entries = r.read(E.width(inner + 1))
-        gaps = r.read_many(entries, b) if index == RELATIVE else E.read_stream(r, entries, 1 << b)
-        m = (1 << b) - 1
-        real = gaps != m
-        advance = np.where(real, gaps + 1, m)
-        ends = np.cumsum(advance)
-        positions = ends[real] - 1
-        if positions.size and positions[-1] >= inner:
-            raise CheckpointError("relative index runs past the tensor end")
+    positions = _read_positions(r, index, inner)
     count = positions.size
     if kind in (INT, CODEBOOK):
         huff = r.read(1)
@@ -591,6 +641,54 @@ def _read_tensor(r: E.BitReader, shape: tuple[int, ...], dtype: torch.dtype) -> 
     out = torch.zeros(numel, dtype=inner_values.dtype)
     out[torch.from_numpy(np.repeat(kept, per_row))] = inner_values
     return out.to(dtype).reshape(shape)
+
+
+def _read_positions(r: E.BitReader, index: int, inner: int) -> np.ndarray:
+    """Positions of the coded values among ``inner`` elements, read as ``index`` stores them."""
+    if index == DENSE:
+        return np.arange(inner)
+    if index == BITMASK:
+        return np.flatnonzero(r.read_many(inner, 1))
+    b = r.read(4) + 1
+    entries = r.read(E.width(inner + 1))
+    gaps = r.read_many(entries, b) if index == RELATIVE else E.read_stream(r, entries, 1 << b)
+    m = (1 << b) - 1
+    real = gaps != m
+    advance = np.where(real, gaps + 1, m)
+    ends = np.cumsum(advance)
+    positions = ends[real] - 1
+    if positions.size and positions[-1] >= inner:
+        raise CheckpointError("relative index runs past the tensor end")
+    return positions
+
+
+def _read_grouped(r: E.BitReader, shape: tuple[int, ...], dtype: torch.dtype, bits: int) -> torch.Tensor:
+    """A GROUPED tensor after its kind, bits and constant fields (see the module docstring)."""
+    from ..operators.groupwise import group_dequantize
+
+    rows = shape[0] if len(shape) >= 2 else 1
+    cols = math.prod(shape) // rows if rows else 0
+    use_rows = bool(r.read(1)) if rows > 1 else False
+    index = r.read(2)
+    group_size = r.read(GROUP_BITS) + 1
+    live = r.read_many(cols, 1).astype(bool) if r.read(1) else np.ones(cols, dtype=bool)
+    live_cols = int(live.sum())
+    groups = math.ceil(live_cols / group_size)
+    kept = r.read_many(rows, 1).astype(bool) if use_rows else np.ones(rows, dtype=bool)
+    n_kept = int(kept.sum())
+    scales = _from_bits(r.read_many(n_kept * groups, 16), torch.float16).float().reshape(n_kept, groups)
+    positions = _read_positions(r, index, n_kept * live_cols)
+    huff = r.read(1)
+    qmax = 2 ** (bits - 1) - 1
+    alphabet = 2 * qmax + 1
+    symbols = E.read_stream(r, positions.size, alphabet) if huff else r.read_many(positions.size, E.width(alphabet))
+    q = torch.zeros(n_kept * live_cols, dtype=torch.int64)
+    q[torch.from_numpy(positions)] = torch.from_numpy(symbols) - qmax
+    full_q = torch.zeros(rows, live_cols, dtype=torch.int64)
+    full_q[torch.from_numpy(kept)] = q.reshape(n_kept, live_cols)
+    full_scales = torch.ones(rows, groups, dtype=torch.float32)  # dropped rows: codes 0 (as quantizing them gives)
+    full_scales[torch.from_numpy(kept)] = scales
+    return group_dequantize(full_q, full_scales, torch.from_numpy(live), group_size, shape, dtype)
 
 
 # -- the whole file ---------------------------------------------------------------------------
@@ -647,15 +745,18 @@ def packed_size(tensor_specs: list[Spec], options: Options = Options()) -> Size:
 
 def describe(spec: Spec, plan: Plan) -> dict[str, Any]:
     """The manifest's entry for one tensor (shape and dtype are what the decoder needs)."""
-    kind = KIND_NAMES[spec.kind] + (str(spec.bits) if spec.kind in (INT, CODEBOOK) else "")
+    kind = KIND_NAMES[spec.kind] + (str(spec.bits) if spec.kind in CODED else "")
     entry: dict[str, Any] = {"shape": list(spec.effective.shape), "dtype": DTYPE_NAMES[spec.effective.dtype],
                              "kind": kind, "bits": plan.bits}
     if spec.effective.is_floating_point() and not plan.constant:
         entry.update({"index": INDEX_NAMES[plan.index], "rows": plan.rows is not None})
         if plan.index in (RELATIVE, RELATIVE_EC):
             entry["b"] = plan.b
-        if spec.kind in (INT, CODEBOOK):
+        if spec.kind in CODED:
             entry["entropy_values"] = plan.huffman_values
+        if spec.kind == GROUPED:
+            entry.update({"group_size": spec.group_size, "scale_dtype": "float16",
+                          "live_columns": int(spec.live.sum()), "columns": int(spec.live.size)})
     elif plan.constant:
         entry["constant"] = True
     return entry
@@ -707,5 +808,5 @@ def decode(payload: bytes, template: dict[str, tuple[tuple[int, ...], torch.dtyp
     return out
 
 
-__all__ = ["Options", "Spec", "Size", "quant_plan", "aliases", "specs", "plan_tensor", "packed_size", "describe",
+__all__ = ["Options", "Spec", "Size", "quant_plan", "aliases", "specs", "grouped_spec", "plan_tensor", "packed_size", "describe",
            "encode", "decode", "container_bytes", "ENTRY", "VERSION", "DTYPES", "DTYPE_NAMES", "DECODE_ERRORS"]
