@@ -223,7 +223,7 @@ def main() -> None:
     final = workspace.evaluate(strategy.bind(result.best_knobs), split="test")
     m = final.metrics
     print(f"best: prune.density {result.best_knobs['prune.density']:.4f} + int8 -> {m['compression_ratio']:.1f}x smaller "
-          f"({m['footprint_bytes']:,} of {m['reference_bytes']:,} bytes); mean cosine to the reference on "
+          f"({int(m['footprint_bytes']):,} of {int(m['reference_bytes']):,} bytes); mean cosine to the reference on "
           f"{len(workspace.splits.test)} test crops of unseen synthetic speakers: {m['agreement']:.4f}")
 
 
