@@ -196,3 +196,57 @@ def test_export_round_trip_rebuilds_the_shrunk_model(tmp_path, name, hf_folder):
         assert loaded.config.num_attention_heads == 2 and loaded.config.intermediate_size == 32
     else:
         assert "no Hugging Face config describes" in manifest["files"]["hf"]["error"] and not (tmp_path / "hf").exists()
+
+
+class Logits(nn.Module):
+    """A BERT classifier returning its logits tensor (per-position language-model outputs reach
+    the pipeline through the text data of issue 15, part A)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return logits_of(self.inner(x))
+
+
+def test_pipeline_measures_flops_and_latency_of_the_shrunk_model(monkeypatch):
+    from torch.utils.data import TensorDataset
+
+    import condensa.pipeline as pipeline
+    from condensa.config import MetricsConfig
+    from condensa.data.digits import Splits
+
+    x, y = tokens(24, 12, seed=1), torch.randint(0, 3, (24,), generator=torch.Generator().manual_seed(2))
+    data = TensorDataset(x, y)
+    splits = Splits(data, data, data, 3, (12,))
+    seen = []
+
+    def recorder(model, example, **kwargs):
+        seen.append(n_params(model))
+        return {"latency_ms": 1.0, "latency_batch_size": int(example.shape[0]), "latency_threads": 1, "latency_repeats": 1}
+
+    monkeypatch.setattr(pipeline, "measure_latency", recorder)
+    reference = Logits(tiny_bert())
+    workspace = pipeline.Workspace(reference, splits, recovery={"epochs": 0}, device="cpu", log=lambda _: None,
+                                   metrics=MetricsConfig(latency=True, latency_batch_size=4))
+    evaluation = workspace.evaluate(Compose([HeadPrune(0.5), MLPPrune(0.5)]))
+    shrunk, _ = shrink_transformer(evaluation.model, x[:2])
+    assert seen == [n_params(shrunk)] and n_params(shrunk) < n_params(reference)
+    assert evaluation.metrics["flops_effective"] < evaluation.metrics["flops_dense"]
+
+
+def test_shipped_heads_config_builds_and_applies():
+    from condensa.config import load_config
+    from condensa.models.registry import build_model
+    from condensa.pipeline import check_strategy
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "lm-char-gpt-heads.yaml")
+    strategy = build_strategy(config.strategy.scheme, config.strategy.args, config.strategy.ops)
+    assert set(strategy.knobs()) == {"head.density", "mlp.density"} and config.search.objective == "flops"
+    model = build_model(config.model.name, **config.model.kwargs)
+    check_strategy(strategy, model, where="strategy.ops")
+    masked, _ = strategy.bind({"head.density": 0.5, "mlp.density": 0.5}).apply(model)
+    shrunk, report = shrink_transformer(masked)
+    assert report.config == {"num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 256}
+    assert report.max_abs_diff <= 1e-5
