@@ -20,7 +20,7 @@ from tiny_hf import tiny_bert, tiny_gpt2, tiny_llama, tokens  # noqa: E402
 
 from condensa import Compose, HeadPrune, MLPPrune, NMPrune, Quantize  # noqa: E402
 from condensa.errors import ConfigError, LayerSelectionError  # noqa: E402
-from condensa.export import load, save  # noqa: E402
+from condensa.export import load, republish, save  # noqa: E402
 from condensa.metrics import count_flops  # noqa: E402
 from condensa.operators.prune import is_nm_sparse  # noqa: E402
 from condensa.operators.transformer import find_sites, heads_alive, neurons_alive  # noqa: E402
@@ -256,3 +256,22 @@ def test_shipped_heads_config_builds_and_applies():
     shrunk, report = shrink_transformer(masked)
     assert report.config == {"num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 256}
     assert report.max_abs_diff <= 1e-5
+
+
+def test_export_of_a_run_folder_adds_the_hf_folder(tmp_path):
+    """`condensa export` (republish of the loaded run checkpoint) writes hf/ from the model
+    load rebuilt: its config must carry the rewritten head counts and MLP width."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_llama(kv_heads=2)
+    strategy = Compose([HeadPrune(0.5), MLPPrune(0.5)])
+    masked, record = strategy.apply(model)
+    x = tokens()
+    save(masked, tmp_path / "run", strategy=strategy, record=record, model_factory=tiny_llama, example_input=x, onnx=False)
+    assert not (tmp_path / "run" / "hf").exists()  # run folders keep the packed checkpoint only
+    loaded, manifest = load(tmp_path / "run", model_factory=tiny_llama)
+    out_manifest = republish(tmp_path / "run", tmp_path / "export", loaded, None, manifest)
+    assert out_manifest["files"]["hf"]["from_pretrained"]
+    pretrained = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export" / "hf"), local_files_only=True)
+    assert pretrained.config.num_key_value_heads == 2 and pretrained.config.intermediate_size == 32
+    assert (out(pretrained, x) - out(masked, x)).abs().max() <= 1e-5
