@@ -127,14 +127,10 @@ def test_nm_2_4_on_the_linear_layers(name):
     model = MODELS[name]()
     pruned, record = NMPrune(2, 4).apply(model)
     linears = [m for m in pruned.modules() if isinstance(m, nn.Linear)]
-    assert linears and all(is_nm_sparse(params_weight(m), 2, 4) for m in linears)
+    assert linears and all(is_nm_sparse(m.weight.detach(), 2, 4) for m in linears)
     assert all(r.density == 0.5 for r in record.layers.values())
     assert out(pruned, tokens()).isfinite().all()
     assert (out(pruned, tokens()) - out(model, tokens())).abs().max() > 1e-3
-
-
-def params_weight(module: nn.Module) -> torch.Tensor:
-    return module.weight.detach()
 
 
 def test_operators_from_a_config_with_knobs_and_bad_input():

@@ -218,8 +218,10 @@ def save(
     with ``record`` giving the quantized bits). ``model_factory`` (a spec such as ``"resnet18"`` or
     ``"pkg.mod:fn"``, an importable callable, or ``{"name", "kwargs"}``) and ``model_kwargs`` let
     :func:`~condensa.export.load` rebuild the architecture. ``surgery``: ``"auto"`` shrinks the
-    model when the strategy has FilterPrune/NeuronPrune (or, with no strategy, when a layer has
-    all-zero rows) and stores it unshrunk if surgery is impossible (the reason is recorded);
+    model when the strategy has FilterPrune/NeuronPrune/HeadPrune/MLPPrune (or, with no strategy,
+    when a layer has all-zero rows, or a transformer a zero head or MLP neuron; transformers always
+    go through :func:`~condensa.surgery.shrink_transformer`) and stores it unshrunk if surgery is
+    impossible (the reason is recorded);
     ``True`` requires it; ``False`` never shrinks. ``example_input`` drives surgery and the ONNX
     check (guessed from the first layer when ``None``). ``options`` restricts the layouts the
     encoder may pick (benchmarks compare encodings; default: the cheapest per tensor, which is what
