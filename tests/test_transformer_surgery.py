@@ -122,6 +122,19 @@ def test_configs_that_derive_head_dim_cannot_describe_fewer_heads(build, config_
     assert report.config_expressible is False and report.config == {}
 
 
+def test_a_head_count_the_config_refuses_is_not_written_as_hf(tmp_path):
+    model = tiny_llama(kv_heads=4)  # hidden 32: transformers refuses 3 heads even with head_dim 8 given
+    strategy = HeadPrune(0.75)
+    masked, record = strategy.apply(model)
+    shrunk, report = shrink_transformer(masked, tokens())
+    assert report.config["num_attention_heads"] == 3 and not report.config_expressible
+    assert "not a multiple of the number of attention heads" in report.config_error
+    manifest = save(masked, tmp_path, strategy=strategy, record=record, example_input=tokens(), onnx=False, hf=True)
+    assert "not a multiple" in manifest["files"]["hf"]["error"] and not (tmp_path / "hf").exists()
+    loaded, _ = load(tmp_path, model_factory=MODELS["llama-mha"])  # the packed checkpoint still rebuilds it
+    assert (out(loaded, tokens()) - out(masked, tokens())).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("name", ["llama-gqa", "gpt2-linear", "bert"])
 def test_nm_2_4_on_the_linear_layers(tmp_path, name):
     model = MODELS[name]()
@@ -275,3 +288,36 @@ def test_export_of_a_run_folder_adds_the_hf_folder(tmp_path):
     pretrained = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export" / "hf"), local_files_only=True)
     assert pretrained.config.num_key_value_heads == 2 and pretrained.config.intermediate_size == 32
     assert (out(pretrained, x) - out(masked, x)).abs().max() <= 1e-5
+
+
+def test_heads_compress_export_eval_through_the_commands(tmp_path):
+    """hf:PATH with HeadPrune + MLPPrune + int8 end to end: compress, export (shrunk packed
+    checkpoint, ONNX, hf/), eval of the export giving the same figures."""
+    from condensa.models import registry
+
+    if not hasattr(registry, "is_hf_spec"):
+        pytest.skip("needs the hf: loader and per-position text data (issue 15, part A)")
+    pytest.importorskip("onnxruntime")
+    from transformers import AutoModelForCausalLM
+
+    from condensa.commands import compress, evaluate_export, export
+    from condensa.config import parse_config
+
+    tiny_llama(vocab_size=97).save_pretrained(str(tmp_path / "tiny"))
+    raw = {"model": {"name": f"hf:{tmp_path / 'tiny'}"}, "data": {"name": "text", "seq_len": 16, "limit": 64},
+           "strategy": {"ops": [{"HeadPrune": {"density": 0.5}}, {"MLPPrune": {"density": 0.5}},
+                                {"Quantize": {"dtype": "int8", "layers": ["Linear"]}}]},
+           "recovery": {"epochs": 1, "max_steps": 2, "batch_size": 16, "lr": 0.001},
+           "metrics": {"latency": True, "latency_repeats": 2}, "device": "cpu"}
+    result = compress(parse_config(raw), out=str(tmp_path / "run"), quiet=True, log=lambda _: None)
+    assert result["flops_effective"] < result["flops_dense"]
+    manifest = export(tmp_path / "run", out=str(tmp_path / "export"), quiet=True)
+    assert manifest["surgery"]["kind"] == "transformer" and manifest["surgery"]["config"]["num_attention_heads"] == 2
+    assert "error" not in manifest["files"]["model.onnx"], manifest["files"]["model.onnx"]
+    assert manifest["files"]["hf"]["from_pretrained"]
+    pretrained = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export" / "hf"), local_files_only=True)
+    assert n_params(pretrained) == manifest["surgery"]["params_after"]
+    evaluated = evaluate_export(tmp_path / "export", quiet=True)
+    for key in ("predictions", "accuracy", "perplexity", "mismatches"):
+        assert evaluated[key] == pytest.approx(result[key], rel=1e-6, abs=1e-6), key
+    assert evaluated["footprint_bytes"] < result["footprint_bytes"]  # the footprint of the shrunk model

@@ -131,7 +131,8 @@ def _shrink_transformer(model: nn.Module, example_input: Any, surgery: bool | st
                                                                  "the widest layer's count: uniform widths)"})
     info = {"applied": True, "kind": "transformer", "widths": report.widths, "heads": report.heads,
             "kv_heads": report.kv_heads, "neurons": report.neurons, "config": report.config,
-            "config_expressible": report.config_expressible, "params_before": report.params_before,
+            "config_expressible": report.config_expressible, "config_error": report.config_error,
+            "params_before": report.params_before,
             "params_after": report.params_after, "max_abs_diff": report.max_abs_diff}
     return _Shrunk(base, report, info)
 
@@ -145,8 +146,9 @@ def _hf_entry(base: nn.Module, path_dir: Path, surgery_info: dict[str, Any]) -> 
     if not hasattr(base, "save_pretrained") or getattr(base, "config", None) is None:
         return None
     if surgery_info.get("config_expressible") is False:
-        return {"error": "no Hugging Face config describes the shrunk model (fewer heads of the same size in a layout "
-                         "whose config derives head_dim = hidden / heads); condensa.export.load rebuilds it"}
+        why = surgery_info.get("config_error") or ("fewer heads of the same size in a layout whose config derives "
+                                                   "head_dim = hidden / heads")
+        return {"error": f"no Hugging Face config describes the shrunk model ({why}); condensa.export.load rebuilds it"}
     from ..models.hf import save_hf  # imports transformers: only for Hugging Face models
 
     try:

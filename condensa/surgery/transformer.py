@@ -14,7 +14,9 @@ architecture is a plain config: for the llama layout ``num_attention_heads``,
 ``from_pretrained`` of a saved copy rebuilds it. GPT-2 and BERT configs cannot express fewer heads
 of the same size (they derive ``head_dim = hidden / heads``); their MLP width can
 (``n_inner`` / ``intermediate_size``), and :attr:`TransformerShrinkReport.config_expressible`
-says whether the config describes the result. Either way :func:`condensa.surgery.apply_widths`
+says whether the config describes the result (also False when transformers' own config validation
+refuses it: Llama configs require ``hidden_size % num_attention_heads == 0`` even with an explicit
+``head_dim``, so 3 of 4 heads at hidden size 32 has no config). Either way :func:`condensa.surgery.apply_widths`
 rebuilds the shrunk model from a fresh one and the recorded widths (layer sizes and the head-count
 attributes the forward reads), and :func:`apply_config` the config fields.
 
@@ -58,6 +60,7 @@ class TransformerShrinkReport:
     keep: dict[str, dict[int, list[int]]] = field(default_factory=dict)  # tensor -> dim -> kept indices
     config: dict[str, int] = field(default_factory=dict)  # config fields rewritten
     config_expressible: bool = True
+    config_error: str | None = None  # why the rewritten config is refused (e.g. 3 heads for hidden size 32)
     max_abs_diff: float = 0.0
     params_before: int = 0
     params_after: int = 0
@@ -314,6 +317,13 @@ def _update_config(work: nn.Module, sites, needs, widths, heads_changed: bool, m
     for key, value in changes.items():
         setattr(config, key, value)
     report.config = changes
+    validate = getattr(config, "validate", None)  # transformers 5 configs check themselves, e.g. hidden % heads == 0
+    if report.config_expressible and callable(validate):
+        try:
+            validate()
+        except Exception as error:  # noqa: BLE001 - any refusal means no plain config describes the result
+            report.config_expressible = False
+            report.config_error = f"{type(error).__name__}: {str(error).strip().splitlines()[-1].strip()}"
 
 
 def apply_config(model: nn.Module, changes: dict[str, int]) -> nn.Module:
