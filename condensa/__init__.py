@@ -12,6 +12,8 @@ from .operators import (
     Codebook,
     Compose,
     FilterPrune,
+    HeadPrune,
+    MLPPrune,
     NeuronPrune,
     NMPrune,
     Prune,
@@ -27,6 +29,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CondensaError", "ConfigError", "KnobError", "Choice", "Range", "BlockPrune", "Compose", "FilterPrune",
-    "NeuronPrune", "NMPrune", "Prune", "Quantize", "Codebook", "QuantizeAux", "Strategy", "finalize", "strip",
+    "HeadPrune", "MLPPrune", "NeuronPrune", "NMPrune", "Prune", "Quantize", "Codebook", "QuantizeAux", "Strategy", "finalize", "strip",
     "Workspace", "workspace", "__version__",
 ]

@@ -7,7 +7,6 @@ recovers accuracy and measures it. The search only sees ``evaluate`` as a callab
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import math
@@ -30,10 +29,11 @@ from .metrics import OBJECTIVE_METRICS, count_flops, footprint, measure_latency,
 from .metrics.accuracy import Predictions
 from .models.reference import load_weights, train_reference
 from .models.registry import build_model
-from .operators import Strategy, finalize
+from .operators import Strategy
 from .operators.base import Record, measure_record
 from .recovery import RecoveryConfig, TrainConfig, check_distributed, make_loss, recover
 from .strategies import build_strategy
+from .surgery import runnable
 
 #: the numbers ``Workspace.evaluate`` measures: what a search objective or constraint can name
 METRICS = (
@@ -251,7 +251,7 @@ class Workspace:
         metrics.update(count_flops(model, self.example_input(1)))
         metrics["flops_ratio"] = metrics["flops_dense"] / max(1.0, metrics["flops_effective"])
         if self.metrics_config.latency or self.objective == "latency":
-            baked = finalize(copy.deepcopy(model))
+            baked = runnable(model)  # zero attention heads / MLP neurons removed: latency of what really runs
             metrics.update(measure_latency(baked, self.example_input(self.metrics_config.latency_batch_size),
                                            repeats=self.metrics_config.latency_repeats))
         if self._objective_fn is not None:

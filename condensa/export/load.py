@@ -24,7 +24,7 @@ from ..io import is_safetensors, looks_pickled, refuse_if_pickle, refuse_pickle
 from ..loading import reading_file
 from ..models.registry import build_model
 from ..packing.layout import DTYPES, ENTRY, decode
-from ..surgery import apply_widths
+from ..surgery import apply_config, apply_widths
 from .manifest import MANIFEST, ONNX, WEIGHTS, layout_hash, read_manifest, sha256
 
 
@@ -133,6 +133,8 @@ def load(path_dir: str | Path, model_factory: str | Callable[..., nn.Module] | d
     surgery = manifest.get("surgery") or {}
     if surgery.get("applied"):
         apply_widths(model, surgery.get("widths") or {}, {k: tuple(v.shape) for k, v in state.items()})
+        if surgery.get("kind") == "transformer":  # head counts and MLP width in the HF config, as surgery left them
+            apply_config(model, surgery.get("config") or {})
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

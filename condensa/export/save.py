@@ -5,8 +5,11 @@ indices, integer or codebook codes, entropy-coded), and the file is exactly as l
 footprint metric says (:func:`condensa.metrics.footprint` computes the same size without
 writing). After FilterPrune / NeuronPrune the model is first shrunk physically
 (:mod:`condensa.surgery`) and the smaller tensors are stored (the file is then smaller than the
-footprint, which costs the unshrunk model). Steps: shrink -> encode -> write weights -> ONNX
-(optional) -> manifest last.
+footprint, which costs the unshrunk model). Transformers (attention/MLP blocks of a standard
+layout) are shrunk by :func:`condensa.surgery.shrink_transformer` instead: zero attention heads
+and MLP neurons (``HeadPrune`` / ``MLPPrune``) are removed and the head counts and HF config
+updated. Steps: shrink -> encode -> write weights -> ONNX (optional) -> ``hf/`` (optional: a
+Hugging Face folder ``from_pretrained`` reads) -> manifest last.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +32,28 @@ from ..errors import ModelError
 from ..metrics.footprint import model_tensors
 from ..operators import params
 from ..packing import layout as packing
-from ..surgery import ShrinkReport, shrink_with_report
+from ..surgery import (
+    ShrinkReport,
+    TransformerShrinkReport,
+    has_dead_structures,
+    is_transformer,
+    shrink_transformer,
+    shrink_with_report,
+)
 from ..versions import versions
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, ONNX, WEIGHTS, factory_spec, layout_hash, sha256
 from .onnx import export_onnx
+
+#: subfolder with a plain Hugging Face copy (config.json + model.safetensors) of a transformer
+HF_FOLDER = "hf"
+STRUCTURED = ("FilterPrune", "NeuronPrune", "HeadPrune", "MLPPrune")
 
 
 def _strategy_names(strategy: Any) -> set[str]:
     if strategy is None:
         return set()
     text = json.dumps(files.jsonable(strategy.to_dict() if hasattr(strategy, "to_dict") else strategy))
-    return {name for name in ("FilterPrune", "NeuronPrune") if name in text}
+    return {name for name in STRUCTURED if name in text}
 
 
 def _has_zero_rows(model: nn.Module) -> bool:
@@ -55,7 +70,7 @@ class _Shrunk:
     """The model to store (shrunk or a plain copy) and what surgery did."""
 
     base: nn.Module
-    report: ShrinkReport | None
+    report: ShrinkReport | TransformerShrinkReport | None
     info: dict[str, Any]
 
 
@@ -63,6 +78,8 @@ def _shrink(model: nn.Module, strategy: Any, example_input: torch.Tensor | None,
             round_to: int | None) -> _Shrunk:
     """Step 1: physically remove pruned channels when the strategy is structured (or asked to)."""
     structured = _strategy_names(strategy)
+    if is_transformer(model):  # heads and MLP neurons; Torch-Pruning's tracing does not finish on these models
+        return _shrink_transformer(model, example_input, surgery, bool(structured) or (strategy is None and has_dead_structures(model)))
     want = surgery is True or (surgery == "auto" and (bool(structured) or (strategy is None and _has_zero_rows(params.baked_copy(model)))))
     report: ShrinkReport | None = None
     note = None
@@ -94,6 +111,53 @@ def _shrink(model: nn.Module, strategy: Any, example_input: torch.Tensor | None,
     elif note:
         info["reason"] = note
     return _Shrunk(base, report, info)
+
+
+def _shrink_transformer(model: nn.Module, example_input: Any, surgery: bool | str, structured: bool) -> _Shrunk:
+    """Step 1 for transformers: remove zero attention heads and MLP neurons
+    (:func:`~condensa.surgery.shrink_transformer`; outputs checked on ``example_input``)."""
+    if not (surgery is True or (surgery == "auto" and structured)):
+        return _Shrunk(params.baked_copy(model).eval(), None, {"applied": False})
+    try:
+        base, report = shrink_transformer(model, example_input)
+    except ModelError as error:
+        if surgery is True:
+            raise
+        return _Shrunk(params.baked_copy(model).eval(), None, {"applied": False, "reason": str(error)})
+    if not report.applied:
+        if surgery is True:
+            raise ModelError("transformer surgery: no zero attention head or MLP neuron to remove")
+        return _Shrunk(base, None, {"applied": False, "reason": "no zero attention head or MLP neuron (all layers keep "
+                                                                 "the widest layer's count: uniform widths)"})
+    info = {"applied": True, "kind": "transformer", "widths": report.widths, "heads": report.heads,
+            "kv_heads": report.kv_heads, "neurons": report.neurons, "config": report.config,
+            "config_expressible": report.config_expressible, "config_error": report.config_error,
+            "params_before": report.params_before,
+            "params_after": report.params_after, "max_abs_diff": report.max_abs_diff}
+    return _Shrunk(base, report, info)
+
+
+def _hf_entry(base: nn.Module, path_dir: Path, surgery_info: dict[str, Any]) -> dict[str, Any] | None:
+    """Step 5: ``hf/`` (``config.json`` + plain dequantized ``model.safetensors``) for a Hugging
+    Face model whose config describes the stored architecture; ``None`` for other models. GPT-2
+    and BERT configs derive ``head_dim = hidden / heads``, so after head pruning no config can
+    describe them: the entry says why, and the packed checkpoint is the only artifact."""
+    shutil.rmtree(path_dir / HF_FOLDER, ignore_errors=True)  # never leave a stale copy next to a new checkpoint
+    if not hasattr(base, "save_pretrained") or getattr(base, "config", None) is None:
+        return None
+    if surgery_info.get("config_expressible") is False:
+        why = surgery_info.get("config_error") or ("fewer heads of the same size in a layout whose config derives "
+                                                   "head_dim = hidden / heads")
+        return {"error": f"no Hugging Face config describes the shrunk model ({why}); condensa.export.load rebuilds it"}
+    from ..models.hf import save_hf  # imports transformers: only for Hugging Face models
+
+    try:
+        folder = save_hf(base, path_dir / HF_FOLDER)
+    except Exception as error:  # noqa: BLE001 - the packed checkpoint is valid without it
+        shutil.rmtree(path_dir / HF_FOLDER, ignore_errors=True)
+        return {"error": f"{type(error).__name__}: {error}"}
+    listing = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p.read_bytes())} for p in sorted(folder.iterdir()) if p.is_file()}
+    return {"folder": HF_FOLDER, "from_pretrained": True, "files": listing}
 
 
 class _GroupsChanged(ModelError):
@@ -162,6 +226,7 @@ def save(
     surgery: bool | str = "auto",
     round_to: int | None = None,
     options: packing.Options | None = None,
+    hf: bool = False,
 ) -> dict[str, Any]:
     """Write a packed checkpoint of the compressed ``model`` into ``path_dir``; returns the manifest.
 
@@ -169,12 +234,15 @@ def save(
     with ``record`` giving the quantized bits). ``model_factory`` (a spec such as ``"resnet18"`` or
     ``"pkg.mod:fn"``, an importable callable, or ``{"name", "kwargs"}``) and ``model_kwargs`` let
     :func:`~condensa.export.load` rebuild the architecture. ``surgery``: ``"auto"`` shrinks the
-    model when the strategy has FilterPrune/NeuronPrune (or, with no strategy, when a layer has
-    all-zero rows) and stores it unshrunk if surgery is impossible (the reason is recorded);
+    model when the strategy has FilterPrune/NeuronPrune/HeadPrune/MLPPrune (or, with no strategy,
+    when a layer has all-zero rows, or a transformer a zero head or MLP neuron; transformers always
+    go through :func:`~condensa.surgery.shrink_transformer`) and stores it unshrunk if surgery is
+    impossible (the reason is recorded);
     ``True`` requires it; ``False`` never shrinks. ``example_input`` drives surgery and the ONNX
     check (guessed from the first layer when ``None``). ``options`` restricts the layouts the
     encoder may pick (benchmarks compare encodings; default: the cheapest per tensor, which is what
-    the footprint metric sizes); the decoder needs none.
+    the footprint metric sizes); the decoder needs none. ``hf``: also write ``hf/``, a Hugging Face
+    folder of the (shrunk) model that ``from_pretrained`` reads, when its config can describe it.
     """
     path_dir = Path(path_dir)
     path_dir.mkdir(parents=True, exist_ok=True)
@@ -212,6 +280,9 @@ def save(
             written[ONNX] = _onnx_entry(shrunk.base, example_input, path_dir, _int_bits(quant))
         if ONNX not in written or "error" in written[ONNX]:
             (path_dir / ONNX).unlink(missing_ok=True)  # never leave a stale ONNX file next to a new checkpoint
+        hf_info = _hf_entry(shrunk.base, path_dir, shrunk.info) if hf else None
+        if hf_info is not None:
+            written[HF_FOLDER] = hf_info
 
         reference_bytes = sum(t.numel() * (4 if t.is_floating_point() else t.element_size())
                               for t in model_tensors(model).values())
@@ -246,8 +317,8 @@ def save(
 def republish(source: Path, path_dir: Path, model: nn.Module, example_input: torch.Tensor | None,
               manifest: dict[str, Any]) -> dict[str, Any]:
     """Copy the packed checkpoint in ``source`` (a run folder) to ``path_dir`` byte for byte and add
-    ``model.onnx`` of ``model`` (the checkpoint as :func:`~condensa.export.load` rebuilt it);
-    returns the new manifest, written last."""
+    ``model.onnx`` of ``model`` (the checkpoint as :func:`~condensa.export.load` rebuilt it) and,
+    for a Hugging Face model, ``hf/`` (see :func:`save`); returns the new manifest, written last."""
     path_dir = Path(path_dir)
     path_dir.mkdir(parents=True, exist_ok=True)
     weights = (Path(source) / WEIGHTS).read_bytes()
@@ -260,10 +331,13 @@ def republish(source: Path, path_dir: Path, model: nn.Module, example_input: tor
         written[ONNX] = _onnx_entry(model.eval(), example_input.detach().cpu(), path_dir, _int_bits(quantized))
     if ONNX not in written or "error" in written[ONNX]:
         (path_dir / ONNX).unlink(missing_ok=True)
+    hf_info = _hf_entry(model, path_dir, manifest.get("surgery") or {})
+    if hf_info is not None:
+        written[HF_FOLDER] = hf_info
     out = {**manifest, "files": written, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "versions": versions()}
     files.atomic_write_json(path_dir / MANIFEST, out)
     return out
 
 
-__all__ = ["save", "republish"]
+__all__ = ["save", "republish", "HF_FOLDER"]

@@ -4,8 +4,10 @@ Effective FLOPs are what the compressed model would execute: channels that struc
 removes are not counted at all (a pruned filter saves its own FLOPs *and* the next layer's input
 columns), and each remaining conv/linear layer's FLOPs are scaled by the density of its weight
 (what a sparse kernel executes). So for filter pruning the effective count equals the count of
-the physically shrunk model (:func:`condensa.surgery.shrink`). Both are per forward pass of one
-batch of ``example_input``.
+the physically shrunk model (:func:`condensa.surgery.shrink`). Transformers (attention/MLP blocks
+of a standard layout) are counted after :func:`condensa.surgery.shrink_transformer` instead, which
+removes zero heads and MLP neurons; Torch-Pruning's tracing, behind ``shrink``, does not finish on
+a Llama. Both are per forward pass of one batch of ``example_input``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ModelError
 from ..operators.select import ROW_TYPES, weight_names
-from ..surgery import shrink
+from ..surgery import has_dead_structures, is_transformer, shrink, shrink_transformer
 
 
 @torch.no_grad()
@@ -64,7 +66,11 @@ def count_flops(model: nn.Module, example_input: torch.Tensor) -> dict[str, floa
     """``{"flops_dense", "flops_effective"}`` for one forward of ``example_input``."""
     total, per_module = _counts(model, example_input)
     effective = _scaled_by_density(model, total, per_module)
-    if _has_zero_rows(model):  # whole channels may be removable: count what surgery leaves
+    if is_transformer(model):  # heads / MLP neurons: count the shrunk model (also drops their attention products)
+        if has_dead_structures(model):
+            small = shrink_transformer(model, example_input, check=False)[0]
+            effective = _scaled_by_density(small, *_counts(small, example_input))
+    elif _has_zero_rows(model):  # whole channels may be removable: count what surgery leaves
         try:
             small = shrink(model, example_input)
         except ModelError:  # not traceable: the per-layer density figure stands
