@@ -19,6 +19,8 @@ reads what it writes.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +95,12 @@ def load_hf(spec: str | Path, *, conv1d: str = "linear", **kwargs: Any) -> nn.Mo
         if explicit is not None and not str(explicit).endswith((".safetensors", ".safetensors.index.json")):
             raise ModelError(f"{where}: config.json names weights '{explicit}', not safetensors; condensa does not "
                              "unpickle weights")
-        model = auto_class(config).from_pretrained(str(path), local_files_only=True, trust_remote_code=False,
-                                                   use_safetensors=True, weights_only=True, **kwargs)
+        if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+            raise ModelError(f"{where}: the folder holds only pickled weights (*.bin); condensa reads safetensors only "
+                             "(unpickling can run code): re-save it with save_pretrained(..., safe_serialization=True)")
+        with _quiet_progress():
+            model = auto_class(config).from_pretrained(str(path), local_files_only=True, trust_remote_code=False,
+                                                       use_safetensors=True, weights_only=True, **kwargs)
     except ModelError:
         raise
     except Exception as error:  # noqa: BLE001 - transformers raises many types; one line naming the folder
@@ -176,17 +182,25 @@ def save_hf(model: nn.Module, folder: str | Path) -> Path:
     if not hasattr(model, "save_pretrained"):
         raise ModelError(f"save_hf: {type(model).__name__} is not a Hugging Face model (no save_pretrained)")
     replica = restore_conv1d(params.baked_copy(model).cpu())
-    from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in condensa's output
-    try:
+    with _quiet_progress():
         replica.save_pretrained(str(folder))
+    return folder
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No "Loading weights" / "Writing model shards" bars from transformers in condensa's output."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
-    return folder
 
 
 __all__ = ["PREFIX", "is_hf_spec", "hf_path", "auto_class", "load_hf", "prepare", "linearize_conv1d", "restore_conv1d",
