@@ -304,3 +304,17 @@ def test_hf_folder_compress_export_eval(tmp_path):
     evaluated = evaluate_export(tmp_path / "export", quiet=True)
     for key in ("predictions", "accuracy", "perplexity", "mismatches", "footprint_bytes"):
         assert evaluated[key] == pytest.approx(result[key], rel=1e-6, abs=1e-6), key
+
+
+def test_memorization_scores_every_position(tmp_path):
+    """Feldman-Zhang scores per prediction: for a language model one per position, keyed like
+    flipped_ids (window * T + t), so flipped positions can be compared with them."""
+    from condensa.analysis.memorization import memorization_scores
+    from condensa.recovery.config import TrainConfig
+
+    x = tokens(12, 6, seed=5) % 97
+    data = IndexedTensorDataset(x[:, :-1], x[:, 1:], torch.arange(100, 112))
+    scores = memorization_scores("char_lstm", {"hidden": 8, "embed": 4}, data, TrainConfig(epochs=1, batch_size=4),
+                                 models=3, fraction=0.5, cache=tmp_path)
+    assert scores and set(scores) <= {window * 5 + t for window in range(100, 112) for t in range(5)}
+    assert max(scores) >= 100 * 5 and all(-1.0 <= s <= 1.0 for s in scores.values())
