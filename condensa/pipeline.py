@@ -28,7 +28,7 @@ from .loading import is_file_spec, load_callable
 from .metrics import OBJECTIVE_METRICS, count_flops, footprint, measure_latency, mismatches, overall_density, predict
 from .metrics.accuracy import Predictions
 from .models.reference import load_weights, train_reference
-from .models.registry import build_model
+from .models.registry import build_model, is_hf_spec
 from .operators import Strategy
 from .operators.base import Record, measure_record
 from .recovery import RecoveryConfig, TrainConfig, check_distributed, make_loss, recover
@@ -37,7 +37,7 @@ from .surgery import runnable
 
 #: the numbers ``Workspace.evaluate`` measures: what a search objective or constraint can name
 METRICS = (
-    "reference_accuracy", "accuracy", "accuracy_drop", "nll", "reference_nll", "perplexity", "reference_perplexity",
+    "predictions", "reference_accuracy", "accuracy", "accuracy_drop", "nll", "reference_nll", "perplexity", "reference_perplexity",
     "perplexity_increase", "mismatches", "mismatch_rate", "mismatches_ref_correct", "mismatch_rate_ref_correct",
     "mismatches_ref_wrong", "mismatch_bias", "density", "footprint_bytes", "reference_bytes", "compression_ratio",
     "flops_dense", "flops_effective", "flops_ratio", "seconds",
@@ -172,6 +172,8 @@ class Workspace:
             check(strategy)
         if model_cfg.checkpoint:
             reference = load_weights(build_model(model_cfg.name, **model_cfg.kwargs), model_cfg.checkpoint)
+        elif is_hf_spec(model_cfg.name):  # the folder's weights are the reference: nothing to train
+            reference = build_model(model_cfg.name, **model_cfg.kwargs)
         else:
             train_cfg = TrainConfig(**dataclasses.asdict(model_cfg.train))
             reference = train_reference(
@@ -234,6 +236,7 @@ class Workspace:
         size = footprint(model, record=record)
         metrics: dict[str, Any] = {
             "split": split,
+            "predictions": len(compressed.labels),  # labels compared: examples, or positions of a language model
             "reference_accuracy": reference.accuracy,
             "accuracy": compressed.accuracy,
             "accuracy_drop": reference.accuracy - compressed.accuracy,
@@ -328,8 +331,8 @@ def agreement(fn: Callable, spec: Any, compressed: Predictions, reference: Predi
 
 
 def result_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ["reference_accuracy", "accuracy", "accuracy_drop", "perplexity", "reference_perplexity", "mismatches", "mismatches_ref_correct",
-            "mismatches_ref_wrong", "mismatch_rate", "mismatch_bias", "agreement", "density", "footprint_bytes",
+    keys = ["predictions", "reference_accuracy", "accuracy", "accuracy_drop", "perplexity", "reference_perplexity", "mismatches",
+            "mismatches_ref_correct", "mismatches_ref_wrong", "mismatch_rate", "mismatch_bias", "agreement", "density", "footprint_bytes",
             "reference_bytes", "compression_ratio", "flops_dense", "flops_effective", "latency_ms"]
     return {k: metrics[k] for k in keys if k in metrics}
 

@@ -22,6 +22,7 @@ def format_bytes(n: float) -> str:
 
 def summary_table(metrics: dict[str, Any]) -> str:
     rows = [
+        *([("predictions", f"{metrics['predictions']:,} labels compared")] if "predictions" in metrics else []),
         ("accuracy", f"{metrics['accuracy']:.2f}% (reference {metrics['reference_accuracy']:.2f}%, drop {metrics['accuracy_drop']:+.2f} pts)"),
         ("mismatches", f"{metrics['mismatches']} ({metrics['mismatch_rate']:.2f}%), {metrics['mismatches_ref_correct']} where the reference was right"),
         ("density", f"{metrics['density']:.4f}"),

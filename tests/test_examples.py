@@ -43,11 +43,16 @@ def test_own_model_from_a_file(tmp_path):
     assert result["samples"] == 2 and "test" in result or not result["feasible"]
 
 
-@pytest.mark.parametrize("config", ["configs/lm-char-lstm.yaml", "configs/digits-2knob.yaml", "configs/digits-mlp.yaml"])
+@pytest.mark.parametrize("config", ["configs/lm-char-lstm.yaml", "configs/lm-char-gpt.yaml", "configs/digits-2knob.yaml",
+                                    "configs/digits-mlp.yaml"])
 def test_shipped_configs_reduced(config, tmp_path):
     overrides = ["--set", "search.budget=2", "--set", "search.eval_epochs=1", "--set", "recovery.epochs=1"]
-    if "lm" in config:
+    if "lstm" in config:
         overrides += ["--set", "data.limit=800", "--set", "model.train.epochs=1", "--set", "model.kwargs={hidden: 64}"]
+    if "gpt" in config:
+        pytest.importorskip("transformers")
+        overrides += ["--set", "data.limit=200", "--set", "model.train.epochs=1", "--set", "recovery.max_steps=2",
+                      "--set", "model.kwargs={num_hidden_layers: 1, hidden_size: 32, intermediate_size: 64}"]
     if "mlp" in config:
         overrides += ["--set", "model.train.epochs=5"]
     run("-m", "condensa.cli", "search", config, "--out", str(tmp_path / "run"), "--quiet", *overrides)

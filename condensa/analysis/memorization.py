@@ -49,12 +49,11 @@ def memorization_scores(
     if path.is_file():
         return {int(k): v for k, v in json.loads(path.read_text()).items()}
     n = len(train_data)
+    # Per prediction: for a language model every position of a window is one (id = window * T + t,
+    # the ids flipped_ids uses); membership is per window, so a window's positions share it.
     ids = torch.as_tensor(getattr(train_data, "indices", torch.arange(n)))
     generator = torch.Generator().manual_seed(seed)
-    hits_in = torch.zeros(n)
-    count_in = torch.zeros(n)
-    hits_out = torch.zeros(n)
-    count_out = torch.zeros(n)
+    hits_in = count_in = hits_out = count_out = None
     for k in range(models):
         chosen = torch.randperm(n, generator=generator)[: int(round(fraction * n))]
         member = torch.zeros(n, dtype=torch.bool)
@@ -62,8 +61,12 @@ def memorization_scores(
         torch.manual_seed(seed * 1000 + k)
         model = build_model(spec, **kwargs)
         train(model, Subset(train_data, chosen.tolist()), config, device=device, seed=seed * 1000 + k)
-        correct = (predict(model, train_data, device=device).predicted == train_data.labels).float() \
-            if hasattr(train_data, "labels") else _correct(model, train_data, device)
+        predictions = predict(model, train_data, device=device)
+        correct = (predictions.predicted == predictions.labels).float()
+        ids = predictions.indices
+        member = member.repeat_interleave(len(correct) // n)
+        if hits_in is None:
+            hits_in, count_in, hits_out, count_out = (torch.zeros(len(correct)) for _ in range(4))
         hits_in += correct * member
         count_in += member.float()
         hits_out += correct * (~member)
@@ -71,15 +74,10 @@ def memorization_scores(
         if progress is not None:
             progress(k + 1, models)
     valid = (count_in > 0) & (count_out > 0)
-    scores = torch.where(valid, hits_in / count_in.clamp_min(1) - hits_out / count_out.clamp_min(1), torch.zeros(n))
+    scores = torch.where(valid, hits_in / count_in.clamp_min(1) - hits_out / count_out.clamp_min(1), torch.zeros(len(valid)))
     result = {int(i): float(s) for i, s, ok in zip(ids.tolist(), scores.tolist(), valid.tolist()) if ok}
     atomic_write_json(path, result)
     return result
-
-
-def _correct(model, data, device) -> torch.Tensor:
-    predictions = predict(model, data, device=device)
-    return (predictions.predicted == predictions.labels).float()
 
 
 def memorization_vs_flips(scores: dict[int, float], flipped_ids: Sequence[int]) -> dict[str, Any]:

@@ -137,6 +137,9 @@ def splits_key(splits: Splits) -> dict[str, Any]:
 
 def data_key(config: Any) -> dict[str, Any]:
     """What identifies the data for caching reference models."""
-    return {"name": config.name, "root": str(config.root), "split_seed": config.split_seed,
-            "val_fraction": config.val_fraction, "limit": config.limit, "image_size": config.image_size,
-            "seq_len": config.seq_len}
+    key = {"name": config.name, "root": str(config.root), "split_seed": config.split_seed,
+           "val_fraction": config.val_fraction, "limit": config.limit, "image_size": config.image_size,
+           "seq_len": config.seq_len}
+    if config.name == "text":
+        key["labels"] = "every_position"  # references cached before per-position text are not reused
+    return key

@@ -1,10 +1,10 @@
 """Character-level language modeling on text that exists on every machine with Python: the
 standard library's own source files (no download).
 
-Each example is a window of ``seq_len`` characters and the label is the next character, so a
-language model fits the same pipeline as a classifier: accuracy is next-character accuracy,
-``perplexity`` is exp(mean cross-entropy), and mismatches are next-character predictions that
-changed. Characters outside printable ASCII map to ``?``.
+Each example is a window of ``seq_len`` characters whose labels are the next character at
+*every* position (``[N, seq_len]``), as language models are judged: accuracy is next-character
+accuracy over all positions, ``perplexity`` is exp(mean cross-entropy per character), and
+mismatches are per-position predictions that changed. Characters outside printable ASCII map to ``?``.
 """
 
 from __future__ import annotations
@@ -44,12 +44,19 @@ def stdlib_text(max_chars: int, files: int = 40) -> str:
 
 
 def text_splits(config: Any) -> Splits:
-    """Windows of ``config.seq_len`` characters from ``config.root`` (a text file or a folder of
-    ``*.py``/``*.txt`` files) or, when root is unset, from the standard library; ``limit`` caps
-    the number of windows per split (default 6000 train)."""
+    """Non-overlapping windows of ``config.seq_len`` characters from ``config.root`` (a text file or
+    a folder of ``*.py``/``*.txt`` files) or, when root is unset, from the standard library.
+
+    ``labels[i, t] = text[start_i + t + 1]``: a split of ``n`` windows holds ``n * seq_len``
+    predictions and each character is predicted once. ``limit`` is the number of training windows
+    (default 4000); validation and test are 15% of the windows each, contiguous blocks after the
+    training block, so their text is unseen. Defaults (seq_len 64): 857 test windows = 54,848
+    predictions.
+    """
     seq_len = config.seq_len
-    limit = config.limit or 6000
-    total = (limit * 5 // 3 + 3) * (seq_len // 2) + seq_len + 1
+    limit = config.limit or 4000
+    n_wanted = -(-limit * 20 // 14)  # training is 70% of the windows
+    total = n_wanted * seq_len + 1
     if config.root:
         root = Path(config.root).expanduser()
         if not root.exists():
@@ -57,18 +64,16 @@ def text_splits(config: Any) -> Splits:
         files = [root] if root.is_file() else sorted(list(root.rglob("*.py")) + list(root.rglob("*.txt")))
         text = "".join(f.read_text(encoding="utf-8", errors="replace") for f in files)[:total]
     else:
-        text = stdlib_text(total)
+        text = stdlib_text(total, files=160)
     ids = encode(text)
-    stride = max(1, seq_len // 2)
-    starts = torch.arange(0, max(0, len(ids) - seq_len - 1), stride)
-    if len(starts) < 10:
+    n = max(0, (len(ids) - 1) // seq_len)
+    if n < 10:
         where = f"data.root: {config.root}" if config.root else "data.seq_len: the standard library's text"
-        raise DataError(f"{where} is too short for seq_len={seq_len}: {len(ids)} characters give {len(starts)} windows, "
+        raise DataError(f"{where} is too short for seq_len={seq_len}: {len(ids)} characters give {n} windows, "
                         "fewer than 10")
-    windows = torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
-    labels = ids[starts + seq_len]
+    windows = ids[: n * seq_len].reshape(n, seq_len)
+    labels = ids[1 : n * seq_len + 1].reshape(n, seq_len)
     # Contiguous blocks (not a shuffle), so validation/test text is unseen by training.
-    n = len(starts)
     n_test = n_val = max(1, int(n * 0.15))
     n_train = n - n_val - n_test
     idx = torch.arange(n)

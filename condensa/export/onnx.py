@@ -27,6 +27,7 @@ from torch import nn
 from .. import io as files
 from ..errors import ModelError
 from ..extras import require
+from ..outputs import LogitsOnly
 from .manifest import sha256
 
 #: what the TorchScript and dynamo exporters raise on a model they cannot export
@@ -132,10 +133,18 @@ def quantize_initializers(data: bytes, bits: Sequence[int]) -> tuple[bytes, list
     return proto.SerializeToString(), replaced
 
 
+def _tensors(output: Any) -> bool:
+    """A tensor, or a tuple/list of tensors: what the exporters map to ONNX outputs as they are."""
+    if isinstance(output, torch.Tensor):
+        return True
+    return isinstance(output, (list, tuple)) and bool(output) and all(isinstance(o, torch.Tensor) for o in output)
+
+
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
                 int_bits: Sequence[int] = ()) -> dict[str, Any]:
     """Export ``model`` to ONNX (batch dimension dynamic), check it against torch with onnxruntime
-    on ``example_input``, and write it atomically. ``int_bits``: the integer widths the model's
+    on ``example_input``, and write it atomically. A model whose output is not a tensor (a Hugging
+    Face ``ModelOutput``) is exported through :class:`~condensa.outputs.LogitsOnly`: one logits output. ``int_bits``: the integer widths the model's
     quantized weights use; such weights are stored as int8 + ``DequantizeLinear``.
 
     Returns ``{"exporter", "opset", "max_abs_diff", "bytes", "sha256", "int8_initializers", ...}``.
@@ -149,6 +158,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     x = example_input.detach()
     with torch.no_grad():
         reference = model(x)
+        if not _tensors(reference):  # e.g. a Hugging Face ModelOutput: export the logits alone
+            model = LogitsOnly(model).eval()
+            reference = model(x)
     outputs = reference if isinstance(reference, (list, tuple)) else (reference,)
     names = [f"output{i}" for i in range(len(outputs))] if len(outputs) > 1 else ["output"]
     data, exporter = onnx_bytes(model, x, names)

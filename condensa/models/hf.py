@@ -1,21 +1,26 @@
 """Hugging Face models from a local folder: ``model.name: hf:PATH``.
 
 ``hf:PATH`` loads a folder written by ``save_pretrained`` with ``from_pretrained(PATH,
-local_files_only=True)``: nothing is ever downloaded. The Auto class is chosen from the config's
-``architectures`` (``...ForCausalLM`` -> ``AutoModelForCausalLM``, ``...ForSequenceClassification``
--> ``AutoModelForSequenceClassification``, ...). The weights in the folder are the reference: no
-reference training happens for ``hf:`` models.
+local_files_only=True)``: nothing is downloaded, and nothing in the folder can make condensa run
+code: ``trust_remote_code`` stays False (a config whose ``auto_map`` names custom code is
+refused by transformers) and weights are read with ``use_safetensors=True`` (a folder with only
+``pytorch_model.bin`` is refused instead of unpickled). The Auto class is chosen from the
+config's ``architectures`` (``...ForCausalLM`` / ``...LMHeadModel`` -> ``AutoModelForCausalLM``,
+``...ForSequenceClassification`` -> ``AutoModelForSequenceClassification``, ...). The folder's
+weights are the reference: the pipeline trains nothing for ``hf:`` models.
 
-Loaded models are prepared for compression: ``use_cache`` off (the forward then returns only
-logits, which every metric needs, and no KV cache is built per batch), and GPT-2's
-``transformers.pytorch_utils.Conv1D`` layers (weight ``[in, out]``) are converted to ``nn.Linear``
-(``conv1d="linear"``, the default) so that every operator (Prune, N:M along the input dim,
-per-output-channel and group-wise quantization) sees the standard ``[out, in]`` layout; the
-export converts them back (:func:`restore_conv1d`) so ``from_pretrained`` reads the result.
+Loaded models are prepared for compression: ``use_cache`` off (no KV cache built per batch), and
+GPT-2's ``transformers.pytorch_utils.Conv1D`` layers (weight ``[in, out]``) become ``nn.Linear``
+(``conv1d: linear``, the default; ``conv1d: keep`` leaves them) so every operator (Prune, N:M
+along the input dimension, per-output-channel quantization) sees the standard ``[out, in]``
+layout. :func:`save_hf` converts them back (:func:`restore_conv1d`) so ``from_pretrained``
+reads what it writes.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +28,15 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..extras import MissingExtraError, require
 
 PREFIX = "hf:"
+CONV1D_MODES = ("linear", "keep")
+#: ``from_pretrained`` options a config may not set: they would download, run code or unpickle
+REFUSED = ("trust_remote_code", "use_safetensors", "weights_only", "local_files_only", "revision", "token",
+           "cache_dir", "force_download", "proxies", "from_tf", "from_flax", "gguf_file")
 
+#: architecture name suffix -> Auto class (first match wins)
 _AUTO = (
     ("ForCausalLM", "AutoModelForCausalLM"),
     ("LMHeadModel", "AutoModelForCausalLM"),
@@ -37,46 +48,70 @@ _AUTO = (
 
 
 def is_hf_spec(spec: Any) -> bool:
+    """True for a ``model.name`` of the form ``hf:PATH``."""
     return isinstance(spec, str) and spec.startswith(PREFIX)
 
 
-def auto_class(config: Any):
+def hf_path(spec: str | Path) -> Path:
+    text = str(spec)
+    return Path(text[len(PREFIX):] if text.startswith(PREFIX) else text).expanduser()
+
+
+def auto_class(config: Any) -> type:
+    """The Auto class for the config's ``architectures`` (``AutoModel`` when none is recognized)."""
     import transformers
 
     for arch in getattr(config, "architectures", None) or []:
         for suffix, auto in _AUTO:
             if arch.endswith(suffix):
                 return getattr(transformers, auto)
-        cls = getattr(transformers, arch, None)
-        if cls is not None:
-            return cls
     return transformers.AutoModel
 
 
-def load_hf(path: str | Path, *, conv1d: str = "linear", attn_implementation: str | None = None, **kwargs: Any) -> nn.Module:
-    """``from_pretrained(path, local_files_only=True)`` with the Auto class the config names."""
-    path = Path(str(path)[len(PREFIX):] if is_hf_spec(str(path)) else path).expanduser()
+def load_hf(spec: str | Path, *, conv1d: str = "linear", **kwargs: Any) -> nn.Module:
+    """``from_pretrained(PATH, local_files_only=True, use_safetensors=True)`` with the Auto class
+    the folder's config names, prepared for compression (:func:`prepare`). ``kwargs`` go to
+    ``from_pretrained`` (e.g. ``attn_implementation``, or config fields such as ``num_labels``)."""
+    path = hf_path(spec)
+    where = f"model.name: hf:{path}"
+    try:
+        require("transformers")
+    except MissingExtraError as error:
+        raise ModelError(f"{where}: {error}") from None
     if not (path / "config.json").is_file():
-        raise ModelError(f"model.name: hf:{path}: no config.json there (expected a folder written by save_pretrained; "
+        raise ModelError(f"{where}: no config.json there (expected a folder written by save_pretrained; "
                          "nothing is downloaded)")
-    if conv1d not in ("linear", "keep"):
-        raise ModelError(f"model.kwargs.conv1d: must be 'linear' or 'keep', got {conv1d!r}")
+    if conv1d not in CONV1D_MODES:
+        raise ModelError(f"model.kwargs.conv1d: must be one of {list(CONV1D_MODES)}, got {conv1d!r}")
+    refused = sorted(set(kwargs) & set(REFUSED))
+    if refused:
+        raise ModelError(f"model.kwargs: {', '.join(refused)} cannot be set for hf: models (condensa loads local "
+                         "safetensors weights only and never runs code from the folder)")
     try:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        model = auto_class(config).from_pretrained(str(path), local_files_only=True, **extra, **kwargs)
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        explicit = getattr(config, "transformers_weights", None)
+        if explicit is not None and not str(explicit).endswith((".safetensors", ".safetensors.index.json")):
+            raise ModelError(f"{where}: config.json names weights '{explicit}', not safetensors; condensa does not "
+                             "unpickle weights")
+        if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+            raise ModelError(f"{where}: the folder holds only pickled weights (*.bin); condensa reads safetensors only "
+                             "(unpickling can run code): re-save it with save_pretrained(..., safe_serialization=True)")
+        with _quiet_progress():
+            model = auto_class(config).from_pretrained(str(path), local_files_only=True, trust_remote_code=False,
+                                                       use_safetensors=True, weights_only=True, **kwargs)
     except ModelError:
         raise
-    except Exception as error:  # noqa: BLE001 - one line naming the folder
+    except Exception as error:  # noqa: BLE001 - transformers raises many types; one line naming the folder
         first = (str(error).strip().splitlines() or [""])[0]
-        raise ModelError(f"model.name: cannot load hf:{path}: {type(error).__name__}: {first}") from error
+        raise ModelError(f"{where}: cannot load it: {type(error).__name__}: {first}") from error
     prepare(model, conv1d=conv1d)
     return model.eval()
 
 
 def prepare(model: nn.Module, *, conv1d: str = "linear") -> nn.Module:
+    """``use_cache`` off and (``conv1d="linear"``) GPT-2 ``Conv1D`` layers as ``nn.Linear``."""
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "use_cache"):
         config.use_cache = False
@@ -85,32 +120,31 @@ def prepare(model: nn.Module, *, conv1d: str = "linear") -> nn.Module:
     return model
 
 
-def _conv1d_modules(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    from ..operators.transformer import is_conv1d
+def _is_conv1d(module: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
 
-    found = []
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if is_conv1d(child):
-                found.append((parent, name, child))
-    return found
+    return isinstance(module, Conv1D)  # parametrized copies subclass it, so isinstance still holds
 
 
 @torch.no_grad()
 def linearize_conv1d(model: nn.Module) -> list[str]:
-    """Replace every ``Conv1D`` (``y = x @ W + b``, ``W: [in, out]``) by an equal ``nn.Linear``
-    (``W.T``); returns the qualified names replaced (also kept in ``model._condensa_conv1d``)."""
+    """Replace every ``Conv1D`` (``y = x @ W + b`` with ``W: [in, out]``) by the equal ``nn.Linear``
+    (weight ``W.T``), in place; returns the qualified names replaced (also kept in
+    ``model._condensa_conv1d`` for :func:`restore_conv1d`)."""
     names = {id(m): n for n, m in model.named_modules()}
     replaced = []
-    for parent, name, child in _conv1d_modules(model):
-        weight = child.weight.detach()
-        linear = nn.Linear(weight.shape[0], weight.shape[1], bias=child.bias is not None,
-                           device=weight.device, dtype=weight.dtype)
-        linear.weight.copy_(weight.t())
-        if child.bias is not None:
-            linear.bias.copy_(child.bias.detach())
-        setattr(parent, name, linear)
-        replaced.append(names[id(child)])
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not _is_conv1d(child):
+                continue
+            weight = child.weight.detach()
+            linear = nn.Linear(weight.shape[0], weight.shape[1], bias=child.bias is not None,
+                               device=weight.device, dtype=weight.dtype)
+            linear.weight.copy_(weight.t())
+            if child.bias is not None:
+                linear.bias.copy_(child.bias.detach())
+            setattr(parent, name, linear)
+            replaced.append(names[id(child)])
     if replaced:
         model._condensa_conv1d = sorted(set(getattr(model, "_condensa_conv1d", [])) | set(replaced))
     return replaced
@@ -118,9 +152,8 @@ def linearize_conv1d(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def restore_conv1d(model: nn.Module) -> nn.Module:
-    """Inverse of :func:`linearize_conv1d` (in place): the layers it converted become ``Conv1D``
-    again, with their current (possibly shrunk) sizes, so ``save_pretrained`` writes the layout
-    ``from_pretrained`` expects."""
+    """Inverse of :func:`linearize_conv1d` (in place, on a plain model): the layers it converted
+    become ``Conv1D`` again with their current (possibly shrunk) sizes."""
     from transformers.pytorch_utils import Conv1D
 
     modules = dict(model.named_modules())
@@ -133,33 +166,42 @@ def restore_conv1d(model: nn.Module) -> nn.Module:
         conv.weight.copy_(linear.weight.detach().t())
         if linear.bias is not None:
             conv.bias.copy_(linear.bias.detach())
+        else:
+            conv.bias = None
         setattr(modules[parent_name] if parent_name else model, attr, conv)
     model._condensa_conv1d = []
     return model
 
 
 def save_hf(model: nn.Module, folder: str | Path) -> Path:
-    """``save_pretrained`` of a plain copy (Conv1D layers restored): ``config.json`` +
-    ``model.safetensors`` that ``from_pretrained`` reads. The (possibly shrunk) architecture is
-    described by ``model.config``, which surgery rewrote
-    (:func:`condensa.surgery.transformer.shrink_transformer`)."""
-    from ..operators.params import baked_copy as plain_copy
+    """Write ``config.json`` + ``model.safetensors`` that ``from_pretrained`` reads: a copy of
+    ``model`` with masks and quantization baked into plain weights and ``Conv1D`` layers restored
+    (``model`` itself is untouched). The architecture is what ``model.config`` describes."""
+    from ..operators import params  # operators import nothing from models: no cycle
 
     if not hasattr(model, "save_pretrained"):
-        raise ModelError("save_hf: not a Hugging Face model (no save_pretrained)")
-    replica = plain_copy(model)
-    restore_conv1d(replica)
-    from transformers.utils import logging as hf_logging
+        raise ModelError(f"save_hf: {type(model).__name__} is not a Hugging Face model (no save_pretrained)")
+    replica = restore_conv1d(params.baked_copy(model).cpu())
 
     folder = Path(folder)
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in condensa's output
-    try:
+    with _quiet_progress():
         replica.save_pretrained(str(folder))
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
     return folder
 
 
-__all__ = ["load_hf", "is_hf_spec", "linearize_conv1d", "restore_conv1d", "save_hf", "prepare", "PREFIX"]
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No "Loading weights" / "Writing model shards" bars from transformers in condensa's output."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+__all__ = ["PREFIX", "is_hf_spec", "hf_path", "auto_class", "load_hf", "prepare", "linearize_conv1d", "restore_conv1d",
+           "save_hf"]

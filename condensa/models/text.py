@@ -1,4 +1,4 @@
-"""A character-level LSTM language model: predicts the next character of a window."""
+"""A character-level LSTM language model: predicts the next character at every position."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ..data.text import VOCAB
 
 
 class CharLSTM(nn.Module):
-    """Embedding -> LSTM -> Linear over the vocabulary, read at the last position."""
+    """Embedding -> LSTM -> Linear over the vocabulary at every position: ``[batch, positions, vocab]``."""
 
     def __init__(self, vocab_size: int = len(VOCAB), embed: int = 48, hidden: int = 256, layers: int = 1) -> None:
         super().__init__()
@@ -19,4 +19,4 @@ class CharLSTM(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         hidden, _ = self.lstm(self.embed(tokens))
-        return self.head(hidden[:, -1])
+        return self.head(hidden)

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, RecoveryError
+from ..outputs import flatten_positions, logits_of
 from .config import TrainConfig
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -44,13 +45,18 @@ def autocast(device: torch.device, amp: str):
 
 def batch_loss(model: nn.Module, teacher: nn.Module | None, inputs: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn,
                device: torch.device, amp: str) -> torch.Tensor:
-    """One mini-batch's loss under autocast (the teacher's outputs without gradients)."""
+    """One mini-batch's loss under autocast (the teacher's outputs without gradients).
+
+    Outputs may be tensors or ``ModelOutput`` objects; per-position logits ``[B, T, C]`` with
+    labels ``[B, T]`` are flattened to one row per position first, so every loss (CE, the
+    distillation terms, L-C's task loss, user losses) is per token."""
     with autocast(device, amp):
-        logits = model(inputs)
+        logits = logits_of(model(inputs))
         teacher_logits = None
         if teacher is not None:
             with torch.no_grad():
-                teacher_logits = teacher(inputs).float()
+                teacher_logits = logits_of(teacher(inputs)).float()
+        logits, labels, teacher_logits = flatten_positions(logits, labels, teacher_logits)
         return loss_fn(logits.float(), labels, teacher_logits)
 
 
