@@ -43,8 +43,8 @@ def test_own_model_from_a_file(tmp_path):
     assert result["samples"] == 2 and "test" in result or not result["feasible"]
 
 
-@pytest.mark.parametrize("config", ["configs/lm-char-lstm.yaml", "configs/lm-char-gpt.yaml", "configs/digits-2knob.yaml",
-                                    "configs/digits-mlp.yaml"])
+@pytest.mark.parametrize("config", ["configs/lm-char-lstm.yaml", "configs/lm-char-gpt.yaml", "configs/lm-char-gpt-heads.yaml",
+                                    "configs/digits-2knob.yaml", "configs/digits-mlp.yaml"])
 def test_shipped_configs_reduced(config, tmp_path):
     overrides = ["--set", "search.budget=2", "--set", "search.eval_epochs=1", "--set", "recovery.epochs=1"]
     if "lstm" in config:
