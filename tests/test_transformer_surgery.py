@@ -138,9 +138,9 @@ def test_a_head_count_the_config_refuses_is_not_written_as_hf(tmp_path):
 @pytest.mark.parametrize("name", ["llama-gqa", "gpt2-linear", "bert"])
 def test_nm_2_4_on_the_linear_layers(tmp_path, name):
     model = MODELS[name]()
-    strategy = NMPrune(2, 4)
+    strategy = NMPrune(2, 4, exclude=["lm_head"] if "gpt2" in name else [])  # GPT-2 ties lm_head to wte (refused)
     pruned, record = strategy.apply(model)
-    linears = [m for m in pruned.modules() if isinstance(m, nn.Linear)]
+    linears = [m for n, m in pruned.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"]
     assert linears and all(is_nm_sparse(m.weight.detach(), 2, 4) for m in linears)
     assert all(r.density == 0.5 for r in record.layers.values())
     assert (out(pruned, tokens()) - out(model, tokens())).abs().max() > 1e-3

@@ -130,12 +130,35 @@ class Strategy:
             params.detach_rnn_caches(model)  # a trained, parametrized LSTM could not be deep-copied
             model = copy.deepcopy(model)
         touched: dict[str, list[str]] = {}
+        tied = _tied_parameters(model)
         with torch.no_grad():
             self._apply(model, touched)
+        _refuse_tied(self, tied, touched)
         return ApplyResult(model, measure_record(model, touched))
 
     def __call__(self, model: nn.Module, *, inplace: bool = False) -> ApplyResult:
         return self.apply(model, inplace=inplace)
+
+
+def _tied_parameters(model: nn.Module) -> dict[str, list[str]]:
+    """``{"module.tensor": [other names of the same Parameter]}`` for tied weights (a language
+    model's output layer sharing the embedding matrix)."""
+    names: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    return {name: [other for other in group if other != name] for group in names.values() if len(group) > 1 for name in group}
+
+
+def _refuse_tied(strategy: Strategy, tied: dict[str, list[str]], touched: dict[str, list[str]]) -> None:
+    """A mask or quantizer on one name of a tied weight changes only that use of it while the
+    model runs, but both once baked (export, ``finalize``): the file would hold another model."""
+    for name in touched:  # "module.tensor" -> what touched it
+        if tied.get(name):
+            module = name.rpartition(".")[0]
+            raise LayerSelectionError(
+                f"{type(strategy).__name__}: {name} is tied to {', '.join(tied[name])} (one shared parameter); compressing "
+                f"one use of it would change the other when the model is baked: exclude it (exclude: ['{module}']) or "
+                "untie the weights")
 
 
 class Operator(Strategy):
