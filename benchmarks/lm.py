@@ -33,13 +33,19 @@ from condensa.surgery import runnable
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"char_gpt": "configs/lm-char-gpt.yaml", "char_lstm": "configs/lm-char-lstm.yaml"}
-METHODS = {
-    "none": {"method": "none"},
-    "finetune + ce": {"method": "finetune", "loss": "ce"},
-    "finetune + distill": {"method": "finetune", "loss": "distill"},
-    "lc + ce": {"method": "lc", "loss": "ce"},
-    "lc + distill": {"method": "lc", "loss": "distill"},
-}
+
+
+def _recovery_methods() -> dict[str, dict]:
+    """The five recovery settings of ``benchmarks/recovery.py`` (one definition for both tables)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recovery_benchmark", Path(__file__).resolve().parent / "recovery.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.METHODS
+
+
+METHODS = _recovery_methods()
 
 
 def search_result(run_dir: str) -> tuple[str, str, object]:
