@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import time
 
 TRUE = 0.04
@@ -56,6 +57,9 @@ class Evaluator:
 
 
 def main() -> None:
+    # Ctrl-C must raise KeyboardInterrupt even when the test run was started in the background: a
+    # non-interactive shell starts `cmd &` with SIGINT ignored, and that disposition is inherited.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser()
     parser.add_argument("journal")
     parser.add_argument("--workers", type=int, default=2)
