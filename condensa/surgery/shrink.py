@@ -62,8 +62,26 @@ from ..operators.params import baked_copy
 _WIDTH_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
 
 
+class KeptIndices:
+    """What both surgery reports offer the exporter: which original indices each tensor kept
+    (``self.keep``: tensor -> dim -> kept indices), to slice integer codes and scales alike."""
+
+    keep: dict[str, dict[int, list[int]]]
+
+    def select(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Slice an original-shaped tensor (e.g. integer codes) the way ``name`` was shrunk."""
+        for dim, idx in sorted(self.keep.get(name, {}).items()):
+            tensor = tensor.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=tensor.device))
+        return tensor
+
+    def kept_rows(self, name: str, rows: int) -> torch.Tensor:
+        """Original row (dim 0) indices of tensor ``name`` after surgery."""
+        idx = self.keep.get(name, {}).get(0)
+        return torch.arange(rows) if idx is None else torch.as_tensor(idx, dtype=torch.long)
+
+
 @dataclass
-class ShrinkReport:
+class ShrinkReport(KeptIndices):
     """What :func:`shrink_with_report` did.
 
     ``removed``: channels removed per group root; ``skipped``: ``(group, reason)`` for groups
@@ -84,17 +102,6 @@ class ShrinkReport:
     @property
     def applied(self) -> bool:
         return bool(self.removed)
-
-    def select(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """Slice an original-shaped tensor (e.g. integer codes) the way ``name`` was shrunk."""
-        for dim, idx in sorted(self.keep.get(name, {}).items()):
-            tensor = tensor.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=tensor.device))
-        return tensor
-
-    def kept_rows(self, name: str, rows: int) -> torch.Tensor:
-        """Original row (dim 0) indices of tensor ``name`` after surgery."""
-        idx = self.keep.get(name, {}).get(0)
-        return torch.arange(rows) if idx is None else torch.as_tensor(idx, dtype=torch.long)
 
 
 # -- dead-channel analysis --------------------------------------------------------------------

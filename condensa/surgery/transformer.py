@@ -49,10 +49,11 @@ from ..operators.transformer import (
     out_axis,
 )
 from ..outputs import logits_of
+from .shrink import KeptIndices
 
 
 @dataclass
-class TransformerShrinkReport:
+class TransformerShrinkReport(KeptIndices):
     heads: dict[str, list[int]] = field(default_factory=dict)  # attention module -> kept query heads
     kv_heads: dict[str, list[int]] = field(default_factory=dict)
     neurons: dict[str, int] = field(default_factory=dict)  # mlp module -> kept width
@@ -68,17 +69,6 @@ class TransformerShrinkReport:
     @property
     def applied(self) -> bool:
         return bool(self.keep)
-
-    def kept_rows(self, name: str, rows: int) -> torch.Tensor:
-        """Original row (dim 0) indices of tensor ``name`` after surgery."""
-        idx = self.keep.get(name, {}).get(0)
-        return torch.arange(rows) if idx is None else torch.as_tensor(idx, dtype=torch.long)
-
-    def select(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """Slice an original-shaped tensor (e.g. integer codes) the way ``name`` was shrunk."""
-        for dim, idx in sorted(self.keep.get(name, {}).items()):
-            tensor = tensor.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=tensor.device))
-        return tensor
 
 
 # -- slicing ----------------------------------------------------------------------------------
