@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..extras import MissingExtraError, require
+from ..operators.transformer import is_conv1d
 
 PREFIX = "hf:"
 CONV1D_MODES = ("linear", "keep")
@@ -120,12 +121,6 @@ def prepare(model: nn.Module, *, conv1d: str = "linear") -> nn.Module:
     return model
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    from transformers.pytorch_utils import Conv1D
-
-    return isinstance(module, Conv1D)  # parametrized copies subclass it, so isinstance still holds
-
-
 @torch.no_grad()
 def linearize_conv1d(model: nn.Module) -> list[str]:
     """Replace every ``Conv1D`` (``y = x @ W + b`` with ``W: [in, out]``) by the equal ``nn.Linear``
@@ -135,7 +130,7 @@ def linearize_conv1d(model: nn.Module) -> list[str]:
     replaced = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if not _is_conv1d(child):
+            if not is_conv1d(child):
                 continue
             weight = child.weight.detach()
             linear = nn.Linear(weight.shape[0], weight.shape[1], bias=child.bias is not None,
