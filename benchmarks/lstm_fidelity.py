@@ -8,7 +8,7 @@ trainings (``model.train.epochs``) and recovery budgets (``recovery.epochs``), e
 the config has it; one seed per row (the recovery seed of the config). Figures on all test
 positions.
 
-    python benchmarks/lstm_fidelity.py [--density 0.2] [--reference-epochs 6 15] [--recovery-epochs 2 8]
+    python benchmarks/lstm_fidelity.py [--density 0.2] [--reference-epochs 6 15] [--recovery-epochs 2 8] [--variants]
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ from condensa.strategies import build_strategy
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"finetune + ce": {"method": "finetune", "loss": "ce"}, "lc + distill": {"method": "lc", "loss": "distill"}}
+#: other label-preserving losses (``--variants``): the flip hinge beside KL, and a higher temperature
+VARIANTS = {
+    "lc + distill, kl + flip": {"method": "lc", "loss": "distill", "weights": {"kl": 1, "flip": 1}},
+    "lc + distill, kl + flip, margin 0.3": {"method": "lc", "loss": "distill", "weights": {"kl": 1, "flip": 1}, "margin": 0.3},
+    "lc + distill, T = 2": {"method": "lc", "loss": "distill", "temperature": 2.0},
+}
 
 
 def main() -> None:
@@ -35,6 +41,7 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.2)
     parser.add_argument("--reference-epochs", nargs="+", type=int, default=[6, 15])
     parser.add_argument("--recovery-epochs", nargs="+", type=int, default=[2, 8])
+    parser.add_argument("--variants", action="store_true", help="also the losses in VARIANTS")
     args = parser.parse_args()
     torch.set_num_threads(1)
     raw = yaml.safe_load((REPO / args.config).read_text())
@@ -47,7 +54,7 @@ def main() -> None:
         reference = ws.reference_predictions("test")
         strategy = build_strategy(raw["strategy"]["scheme"], {**raw["strategy"]["args"], "density": args.density}, None)
         for epochs in args.recovery_epochs:
-            for label, method in METHODS.items():
+            for label, method in {**METHODS, **(VARIANTS if args.variants else {})}.items():
                 start = time.perf_counter()
                 model, _ = strategy.apply(ws.reference)
                 settings = RecoveryConfig.from_dict({**config.recovery, **method, "epochs": epochs})
