@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--reference-epochs", nargs="+", type=int, default=[6, 15])
     parser.add_argument("--recovery-epochs", nargs="+", type=int, default=[2, 8])
     parser.add_argument("--variants", action="store_true", help="also the losses in VARIANTS")
+    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *VARIANTS], help="only these rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     raw = yaml.safe_load((REPO / args.config).read_text())
@@ -55,6 +56,8 @@ def main() -> None:
         strategy = build_strategy(raw["strategy"]["scheme"], {**raw["strategy"]["args"], "density": args.density}, None)
         for epochs in args.recovery_epochs:
             for label, method in {**METHODS, **(VARIANTS if args.variants else {})}.items():
+                if args.methods and label not in args.methods:
+                    continue
                 start = time.perf_counter()
                 model, _ = strategy.apply(ws.reference)
                 settings = RecoveryConfig.from_dict({**config.recovery, **method, "epochs": epochs})
