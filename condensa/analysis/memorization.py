@@ -49,9 +49,6 @@ def memorization_scores(
     if path.is_file():
         return {int(k): v for k, v in json.loads(path.read_text()).items()}
     n = len(train_data)
-    # Per prediction: for a language model every position of a window is one (id = window * T + t,
-    # the ids flipped_ids uses); membership is per window, so a window's positions share it.
-    ids = torch.as_tensor(getattr(train_data, "indices", torch.arange(n)))
     generator = torch.Generator().manual_seed(seed)
     hits_in = count_in = hits_out = count_out = None
     for k in range(models):
@@ -63,6 +60,8 @@ def memorization_scores(
         train(model, Subset(train_data, chosen.tolist()), config, device=device, seed=seed * 1000 + k)
         predictions = predict(model, train_data, device=device)
         correct = (predictions.predicted == predictions.labels).float()
+        # Per prediction: for a language model every position of a window is one (id = window * T + t,
+        # the ids flipped_ids uses); membership is per window, so a window's positions share it.
         ids = predictions.indices
         member = member.repeat_interleave(len(correct) // n)
         if hits_in is None:
