@@ -22,6 +22,10 @@ from pathlib import Path
 
 import torch
 
+# benchmarks/recovery.py (this script's folder is on sys.path when it runs): its five recovery
+# settings and its mean ± std format, one definition for both tables
+from recovery import METHODS, ms
+
 from condensa import Compose, HeadPrune, MLPPrune, NMPrune, Prune, Quantize
 from condensa.config import load_config
 from condensa.metrics import footprint, mismatches, predict
@@ -35,17 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"char_gpt": "configs/lm-char-gpt.yaml", "char_lstm": "configs/lm-char-lstm.yaml"}
 
 
-def _recovery_methods() -> dict[str, dict]:
-    """The five recovery settings of ``benchmarks/recovery.py`` (one definition for both tables)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("recovery_benchmark", Path(__file__).resolve().parent / "recovery.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.METHODS
-
-
-METHODS = _recovery_methods()
 
 
 def search_result(run_dir: str) -> tuple[str, str, object]:
@@ -143,12 +136,7 @@ def fidelity_table(ws: Workspace, steps: int, seeds: int) -> None:
             mm.append(fid["mismatches"])
             ok.append(fid["mismatches_ref_correct"])
             lrs.append(report.get("lr", 0.0))
-
-        def f(xs, digits=2):
-            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-            return f"{statistics.mean(xs):.{digits}f} ± {sd:.{digits}f}"
-
-        print(f"| {label} | {f(acc)} | {f(ppl)} | {f(mm, 0)} | {f(ok, 0)} | {statistics.mean(lrs):.2g} |", flush=True)
+        print(f"| {label} | {ms(acc)} | {ms(ppl)} | {ms(mm, 0)} | {ms(ok, 0)} | {statistics.mean(lrs):.2g} |", flush=True)
 
 
 def main() -> None:

@@ -20,13 +20,17 @@ from pathlib import Path
 import torch
 import yaml
 
+# benchmarks/recovery.py (this script's folder is on sys.path when it runs)
+from recovery import METHODS as RECOVERY_METHODS
+
 from condensa.config import parse_config
 from condensa.pipeline import Workspace
 from condensa.recovery import RecoveryConfig, recover
 from condensa.strategies import build_strategy
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = {"finetune + ce": {"method": "finetune", "loss": "ce"}, "lc + distill": {"method": "lc", "loss": "distill"}}
+#: the two settings the issue compares, as benchmarks/recovery.py defines them
+METHODS = {label: RECOVERY_METHODS[label] for label in ("finetune + ce", "lc + distill")}
 #: other label-preserving losses (``--variants``): the flip hinge beside KL, and a higher temperature
 VARIANTS = {
     "lc + distill, kl + flip": {"method": "lc", "loss": "distill", "weights": {"kl": 1, "flip": 1}},
@@ -48,12 +52,12 @@ def main() -> None:
     raw = yaml.safe_load((REPO / args.config).read_text())
     print("| reference epochs | reference accuracy % | recovery epochs | method | accuracy % | mismatches | of | seconds |")
     print("|---:|---:|---:|---|---:|---:|---:|---:|")
+    strategy = build_strategy(raw["strategy"]["scheme"], {**raw["strategy"]["args"], "density": args.density}, None)
     for reference_epochs in args.reference_epochs:
         raw["model"]["train"]["epochs"] = reference_epochs
         config = parse_config(raw)
         ws = Workspace.from_config(config, log=lambda *_: None)  # trained once per setting, then cached
         reference = ws.reference_predictions("test")
-        strategy = build_strategy(raw["strategy"]["scheme"], {**raw["strategy"]["args"], "density": args.density}, None)
         for epochs in args.recovery_epochs:
             for label, method in {**METHODS, **(VARIANTS if args.variants else {})}.items():
                 if args.methods and label not in args.methods:
