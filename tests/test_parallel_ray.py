@@ -2,9 +2,9 @@
 
 The in-process checks (tests/ray_inprocess.py) share one local Ray instance (starting one costs
 ~10 s) in a child pytest of their own session; the kill and Ctrl-C tests run the search in a
-subprocess that starts its own. The kill -9 test starts Ray
-twice (about a minute on 2 cores) and is marked slow (``-m slow``); test_parallel.py checks the
-same resume logic on a simulated cluster in the default run.
+subprocess that starts its own. The kill -9 test starts Ray twice (about a minute on 2 cores) and
+is marked slow (``-m slow``); test_parallel.py checks the same resume logic on a simulated cluster
+in the default run.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_parallel import rows  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).parent / "parallel_synthetic.py"
+INPROCESS = Path(__file__).parent / "ray_inprocess.py"
 
 
 def ray_processes() -> set[int]:
@@ -37,9 +38,6 @@ def start_script(journal: Path, marker: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(SCRIPT), str(journal), "--marker", str(marker), *args], cwd=REPO,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
-
-
-INPROCESS = Path(__file__).parent / "ray_inprocess.py"
 
 
 def test_in_process_ray_checks_in_a_session_of_their_own():
