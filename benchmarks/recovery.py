@@ -60,6 +60,8 @@ def speaker_workspace():
     """The speaker encoder, its synthetic-speech splits, and a speaker-ID mismatch count."""
     import importlib.util
 
+    from condensa.metrics import predict
+
     spec = importlib.util.spec_from_file_location("speaker_encoder", REPO / "examples" / "speaker_encoder.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
@@ -70,13 +72,11 @@ def speaker_workspace():
     enrolled = torch.zeros(len(test.labels), dtype=torch.bool)
     for s in range(speakers):
         enrolled[torch.nonzero(test.labels == s).reshape(-1)[:2]] = True
-    reference = ws.reference_predictions("test").logits
+    reference = predict(ws.reference, test, batch_size=64).logits  # the embeddings themselves
     centroids = torch.nn.functional.normalize(
         torch.stack([reference[enrolled & (test.labels == s)].mean(0) for s in range(speakers)]), dim=1)
 
     def measure(model) -> dict:
-        from condensa.metrics import predict
-
         embeddings = predict(model, test, batch_size=64).logits  # one pass gives both figures
         flips = (embeddings[~enrolled] @ centroids.T).argmax(1) != (reference[~enrolled] @ centroids.T).argmax(1)
         return {"accuracy": example.mean_cosine(embeddings, reference, test.labels), "mismatches": int(flips.sum())}

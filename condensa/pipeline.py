@@ -138,6 +138,9 @@ class Workspace:
         agreement = self.metrics_config.agreement
         self._agreement_fn: Callable | None = (
             agreement if callable(agreement) or agreement is None else load_callable(agreement, "metrics.agreement"))
+        # full logits are kept only for a user agreement score; otherwise a per-prediction summary
+        # (memory independent of the vocabulary size, see condensa.metrics.accuracy)
+        self._keep_logits = self._agreement_fn is not None
         recovery_config = self.recovery_config()  # validate early: a typo should fail before any training
         if recovery_config.loss not in ("ce", "distill"):
             make_loss(recovery_config)  # a user loss (module:function) must import before any training
@@ -198,7 +201,8 @@ class Workspace:
 
     def reference_predictions(self, split: str) -> Predictions:
         if split not in self._reference_predictions:
-            self._reference_predictions[split] = predict(self.reference, self.split(split), device=self.device, batch_size=self.batch_size)
+            self._reference_predictions[split] = predict(self.reference, self.split(split), device=self.device,
+                                                         batch_size=self.batch_size, keep_logits=self._keep_logits)
         return self._reference_predictions[split]
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -232,7 +236,8 @@ class Workspace:
         """Accuracy, mismatches, density, footprint, FLOPs (and latency if configured)."""
         model.to(self.device).eval()
         reference = self.reference_predictions(split)
-        compressed = predict(model, self.split(split), device=self.device, batch_size=self.batch_size)
+        compressed = predict(model, self.split(split), device=self.device, batch_size=self.batch_size,
+                             keep_logits=self._keep_logits)
         size = footprint(model, record=record)
         metrics: dict[str, Any] = {
             "split": split,
@@ -310,8 +315,7 @@ def check_strategy(strategy: Strategy, model: nn.Module, where: str | None = Non
 def _likelihood(reference: Predictions, compressed: Predictions) -> dict[str, float]:
     """Mean negative log-likelihood (nats) and perplexity of both models; for language models
     perplexity is the usual quality figure, and ``perplexity_increase`` (percent) a natural bound."""
-    ref_nll = float(torch.nn.functional.cross_entropy(reference.logits, reference.labels))
-    nll = float(torch.nn.functional.cross_entropy(compressed.logits, compressed.labels))
+    ref_nll, nll = reference.mean_nll, compressed.mean_nll
     ref_ppl, ppl = math.exp(min(ref_nll, 50.0)), math.exp(min(nll, 50.0))
     return {"nll": nll, "reference_nll": ref_nll, "perplexity": ppl, "reference_perplexity": ref_ppl,
             "perplexity_increase": 100.0 * (ppl / ref_ppl - 1.0)}

@@ -77,6 +77,27 @@ def test_per_token_metrics_by_hand():
     assert lik["perplexity_increase"] == pytest.approx(100 * (math.exp(float(nll - ref_nll)) - 1), rel=1e-5)
 
 
+def test_predictions_without_logits_give_the_same_figures():
+    """keep_logits=False (what evaluation uses unless a metrics.agreement score needs outputs):
+    no [positions, vocabulary] tensor is held, and every figure is the same as from full logits."""
+    from condensa.pipeline import _likelihood
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 50, (4, 5))
+    data = IndexedTensorDataset(torch.arange(4).reshape(4, 1).expand(4, 5).clone(), labels, torch.arange(4))
+    ref_table, cmp_table = torch.randn(4, 5, 50) * 3, torch.randn(4, 5, 50) * 3
+    full = [predict(ToyLM(t), data, batch_size=3) for t in (ref_table, cmp_table)]
+    lean = [predict(ToyLM(t), data, batch_size=3, keep_logits=False) for t in (ref_table, cmp_table)]
+    assert lean[0].logits is None and full[0].logits.shape == (20, 50)
+    for a, b in zip(full, lean):
+        assert torch.equal(a.predicted, b.predicted) and torch.equal(a.labels, b.labels)
+        torch.testing.assert_close(a.confidence, b.confidence)
+        by_hand = nn.functional.cross_entropy(a.logits, a.labels, reduction="none")
+        torch.testing.assert_close(b.nll, by_hand)
+    assert _likelihood(*lean) == pytest.approx(_likelihood(*full))
+    assert mismatches(*lean, 50) == mismatches(*full, 50)
+
+
 def test_text_windows_label_every_position():
     from condensa.config import DataConfig
     from condensa.data.loaders import data_key

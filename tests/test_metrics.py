@@ -27,7 +27,7 @@ def make_predictions(pred: list[int], labels: list[int], ids: list[int], confide
     logits = torch.zeros(len(pred), classes)
     for i, (p, c) in enumerate(zip(pred, confidence, strict=False)):
         logits[i, p] = c
-    return Predictions(logits, torch.tensor(labels), torch.tensor(ids))
+    return Predictions.from_logits(logits, torch.tensor(labels), torch.tensor(ids))
 
 
 LABELS = [0, 0, 0, 1, 1, 1, 2, 2]

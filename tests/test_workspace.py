@@ -52,6 +52,8 @@ def test_metrics_agreement_scores_outputs_against_the_reference(digits, digits_r
     from condensa.metrics import predict
     from condensa.pipeline import Workspace, check_metric_names
 
+    # without an agreement score only a per-prediction summary is kept (no logits held per split)
+    assert Workspace(digits_reference, digits, log=lambda m: None).reference_predictions("test").logits is None
     workspace = Workspace(digits_reference, digits, metrics=MetricsConfig(agreement=_mean_cosine), log=lambda m: None)
     same = workspace.measure(digits_reference, "test")
     assert same["agreement"] == pytest.approx(1.0, abs=1e-6) and same["disagreement"] == pytest.approx(0.0, abs=1e-6)

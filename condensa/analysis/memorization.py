@@ -58,7 +58,7 @@ def memorization_scores(
         torch.manual_seed(seed * 1000 + k)
         model = build_model(spec, **kwargs)
         train(model, Subset(train_data, chosen.tolist()), config, device=device, seed=seed * 1000 + k)
-        predictions = predict(model, train_data, device=device)
+        predictions = predict(model, train_data, device=device, keep_logits=False)
         correct = (predictions.predicted == predictions.labels).float()
         # Per prediction: for a language model every position of a window is one (id = window * T + t,
         # the ids flipped_ids uses); membership is per window, so a window's positions share it.

@@ -28,14 +28,13 @@ def mismatches(reference: Predictions, compressed: Predictions, num_classes: int
     ref_correct = ref_pred == labels
     n = len(labels)
     num_classes = num_classes or int(max(int(labels.max()), int(ref_pred.max()), int(cmp_pred.max())) + 1)
-    per_class_count, per_class_rate = {}, {}
-    for c in range(num_classes):
-        in_class = labels == c
-        count = int((flipped & in_class).sum())
-        per_class_count[str(c)] = count
-        per_class_rate[str(c)] = 100.0 * count / int(in_class.sum()) if int(in_class.sum()) else 0.0
+    # one bincount per figure rather than a loop over classes (a GPT-2 vocabulary has 50,257)
+    class_total = torch.bincount(labels, minlength=num_classes)[:num_classes].tolist()
+    class_flips = torch.bincount(labels[flipped], minlength=num_classes)[:num_classes].tolist()
+    per_class_count = {str(c): class_flips[c] for c in range(num_classes)}
+    per_class_rate = {str(c): 100.0 * class_flips[c] / class_total[c] if class_total[c] else 0.0 for c in range(num_classes)}
     # Classes without examples in this split have no rate; they must not dilute the mean.
-    rates = [per_class_rate[str(c)] for c in range(num_classes) if int((labels == c).sum())]
+    rates = [per_class_rate[str(c)] for c in range(num_classes) if class_total[c]]
     mean_rate = sum(rates) / len(rates) if rates else 0.0
     ref_conf, cmp_conf = reference.confidence, compressed.confidence
     flipped_positions = torch.nonzero(flipped).reshape(-1).tolist()
