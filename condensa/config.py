@@ -60,6 +60,7 @@ class DataConfig:
     val_fraction: float = 0.2
     limit: int | None = None
     seq_len: int = 64
+    tokenizer: str | None = None
 
 
 @dataclass
@@ -229,12 +230,31 @@ def _check_int(where: str, value: Any, low: int, high: int | None = None, *, nul
         raise ConfigError(f"{where}: must be {allowed}{' or null' if null else ''}, got {value!r}")
 
 
+def _resolve_tokenizer(config: Config) -> None:
+    """``data.tokenizer: model`` is the tokenizer saved in the ``hf:`` model's own folder."""
+    tokenizer = config.data.tokenizer
+    if tokenizer is None:
+        return
+    if not isinstance(tokenizer, str) or not tokenizer.strip():
+        raise ConfigError(f"data.tokenizer: must be null (characters), 'model' (the hf: model's folder) or the path of a "
+                          f"tokenizer.json or its folder, got {tokenizer!r}")
+    if config.data.name != "text":
+        raise ConfigError(f"data.tokenizer: applies to the text data set only, not to {config.data.name}; remove it")
+    if tokenizer == "model":
+        name = str(config.model.name)
+        if not name.startswith("hf:"):
+            raise ConfigError(f"data.tokenizer: 'model' needs model.name: hf:PATH (a folder holding tokenizer.json), "
+                              f"got model.name {name!r}; give the tokenizer's path instead")
+        config.data.tokenizer = name[3:]
+
+
 def validate(config: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     if config.device not in DEVICES and not config.device.startswith("cuda:"):
         raise ConfigError(f"device: must be one of {list(DEVICES)}, got {config.device!r}")
     _check_int("seed", config.seed, 0, MAX_SEED)
     _check_data(config.data)
+    _resolve_tokenizer(config)
     check_training("model.train", **dataclasses.asdict(config.model.train))
     search = config.search
     check_settings(budget=search.budget, method=search.method, recommend=search.recommend, n_init=search.n_init,

@@ -18,6 +18,7 @@ EXTRAS = {
     "matplotlib": ("report", "report plots"),
     "ray": ("ray", "parallel search (search.workers > 1)"),
     "transformers": ("hf", "Hugging Face and transformer models (hf:PATH, char_gpt)"),
+    "tokenizers": ("hf", "Hugging Face tokenizers (data.tokenizer)"),
 }
 
 

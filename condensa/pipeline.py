@@ -31,6 +31,7 @@ from .models.reference import load_weights, train_reference
 from .models.registry import build_model, is_hf_spec
 from .operators import Strategy
 from .operators.base import Record, measure_record
+from .outputs import logits_of
 from .recovery import RecoveryConfig, TrainConfig, check_distributed, make_loss, recover
 from .strategies import build_strategy
 from .surgery import runnable
@@ -183,6 +184,8 @@ class Workspace:
                 model_cfg.name, model_cfg.kwargs, splits, train_cfg, data_key=key,
                 seed=config.seed, device=device, cache=cache, log=log,
             )
+        if config.data.name == "text":
+            _check_vocabulary(reference, splits, config.data)
         return cls(reference, splits, strategy, recovery=config.recovery, device=config.device, seed=config.seed,
                    objective=config.search.objective, metrics=config.metrics,
                    batch_size=config.data.batch_size, log=log, objective_fn=objective_fn)
@@ -296,6 +299,26 @@ class Workspace:
             return count_flops(model, example)["flops_effective"]
 
         return compute
+
+
+@torch.no_grad()
+def _check_vocabulary(model: nn.Module, splits: Splits, data: Any) -> None:
+    """A language model must score every token id the data holds; a tokenizer with a larger
+    vocabulary than the model's output would fail later, deep inside a loss."""
+    was_training = model.training
+    window = splits.val[0][0].unsqueeze(0).clone()
+    window[0, -1] = splits.num_classes - 1  # the largest id the data may hold
+    try:
+        classes = logits_of(model.eval()(window)).shape[-1]
+        problem = f"predicts {classes} classes" if classes < splits.num_classes else None
+    except (IndexError, RuntimeError) as error:  # e.g. an embedding table smaller than the vocabulary
+        problem = f"fails on them ({str(error).splitlines()[0]})"
+    finally:
+        model.train(was_training)
+    if problem:
+        source = f"data.tokenizer ({data.tokenizer})" if data.tokenizer else "data: the character vocabulary"
+        raise ConfigError(f"{source} has {splits.num_classes} token ids but the model {problem}; "
+                          "use the model's own tokenizer (data.tokenizer: model for hf: models)")
 
 
 def check_strategy(strategy: Strategy, model: nn.Module, where: str | None = None) -> None:

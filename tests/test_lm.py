@@ -344,3 +344,79 @@ def test_memorization_scores_every_position(tmp_path):
                                  models=3, fraction=0.5, cache=tmp_path)
     assert scores and set(scores) <= {window * 5 + t for window in range(100, 112) for t in range(5)}
     assert max(scores) >= 100 * 5 and all(-1.0 <= s <= 1.0 for s in scores.values())
+
+
+# -- data.tokenizer: a model's own tokens ---------------------------------------------------------
+
+
+def bpe_folder(path: Path, vocab: int = 300) -> Path:
+    """A byte-level BPE tokenizer trained on a little standard-library text, saved as
+    save_pretrained writes it (tokenizer.json beside tokenizer_config.json)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from condensa.data.text import stdlib_text
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([stdlib_text(20_000)], trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(str(path))
+    return path
+
+
+def test_text_with_a_tokenizer_windows_its_tokens(tmp_path):
+    """data.tokenizer: windows hold that tokenizer's ids (they decode back to the text), labels are
+    the next id at every position, and the classes are its vocabulary; the cache key follows the
+    tokenizer's contents."""
+    from tokenizers import Tokenizer
+
+    from condensa.config import parse_config
+    from condensa.data.loaders import data_key
+    from condensa.data.text import stdlib_text, text_splits
+
+    folder = bpe_folder(tmp_path / "tok")
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    config = parse_config({"strategy": {"scheme": "prune_quantize"}, "data": {"name": "text", "seq_len": 16, "limit": 40,
+                                                              "tokenizer": str(folder)}}).data
+    splits = text_splits(config)
+    assert splits.num_classes == tokenizer.get_vocab_size() == 300
+    windows = splits.train.inputs
+    assert windows.shape == (42, 16) and int(windows.max()) < 300  # 58 windows: 70% train, as with characters
+    assert torch.equal(splits.train.labels[:, :-1], windows[:, 1:])  # next token at every position
+    text = tokenizer.decode(windows.reshape(-1).tolist())
+    assert len(text) > 1.2 * windows.numel() and stdlib_text(len(text)) == text  # subwords of the real text
+    before = data_key(config)
+    bpe_folder(tmp_path / "tok", vocab=280)
+    assert data_key(config) != before  # same path, other tokenizer: another cached reference
+
+
+def test_hf_model_with_its_own_tokenizer_compresses(tmp_path):
+    """data.tokenizer: model reads tokenizer.json from the hf: folder; a tokenizer larger than the
+    model's vocabulary is refused in one line before any training."""
+    from condensa.commands import compress
+    from condensa.config import parse_config
+    from condensa.errors import ConfigError, DataError
+    from condensa.pipeline import Workspace
+
+    folder = tmp_path / "tiny"
+    tiny_llama(vocab_size=300).save_pretrained(str(folder))
+    bpe_folder(folder)
+    raw = {"model": {"name": f"hf:{folder}"}, "data": {"name": "text", "seq_len": 16, "limit": 64, "tokenizer": "model"},
+           "strategy": {"ops": [{"Prune": {"density": 0.3, "layers": ["Linear"]}}]},
+           "recovery": {"epochs": 1, "max_steps": 2, "batch_size": 16, "lr": 0.001}, "device": "cpu"}
+    config = parse_config(raw)
+    assert config.data.tokenizer == str(folder)
+    result = compress(config, out=str(tmp_path / "run"), quiet=True, log=lambda *_: None)
+    assert result["predictions"] == 13 * 16 and 0 < result["perplexity"] < 1000
+    small = tmp_path / "small"
+    tiny_llama(vocab_size=97).save_pretrained(str(small))
+    with pytest.raises(ConfigError, match=r"data\.tokenizer \(.*\) has 300 token ids but the model fails on them \(index out of range"):
+        Workspace.from_config(parse_config({**raw, "model": {"name": f"hf:{small}"}, "data": {**raw["data"], "tokenizer": str(folder)}}),
+                              log=lambda *_: None)
+    with pytest.raises(ConfigError, match=r"data\.tokenizer: 'model' needs model\.name: hf:PATH"):
+        parse_config({**raw, "model": {"name": "char_gpt"}})
+    with pytest.raises(DataError, match=r"data\.tokenizer: .*tokenizer\.json does not exist"):
+        Workspace.from_config(parse_config({**raw, "model": {"name": f"hf:{small}"}, "data": {**raw["data"], "tokenizer": str(small)}}),
+                              log=lambda *_: None)

@@ -142,4 +142,8 @@ def data_key(config: Any) -> dict[str, Any]:
            "seq_len": config.seq_len}
     if config.name == "text":
         key["labels"] = "every_position"  # references cached before per-position text are not reused
+        if getattr(config, "tokenizer", None):  # the tokenizer's contents, not just its path
+            path = Path(config.tokenizer).expanduser()
+            file = path / "tokenizer.json" if path.is_dir() else path
+            key["tokenizer"] = hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else str(path)
     return key
