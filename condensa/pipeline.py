@@ -250,7 +250,7 @@ class Workspace:
             "accuracy_drop": reference.accuracy - compressed.accuracy,
         }
         metrics.update(_likelihood(reference, compressed))
-        metrics.update(mismatches(reference, compressed, self.splits.num_classes))
+        metrics.update(mismatches(reference, compressed, self.splits.num_classes, class_names=self.splits.class_names))
         if self._agreement_fn is not None:
             metrics.update(agreement(self._agreement_fn, self.metrics_config.agreement, compressed, reference))
         metrics.update({

@@ -113,6 +113,11 @@ def test_text_windows_label_every_position():
     assert torch.equal(splits.train.labels[-1, -1], splits.val.inputs[0, 0])  # blocks follow each other
     assert splits.test.labels.numel() >= 50_000
     assert data_key(config)["labels"] == "every_position"  # references cached before this are not reused
+    from condensa.data.text import VOCAB
+
+    # reports name a class by its character, whitespace made visible
+    assert len(splits.class_names) == len(VOCAB) == splits.num_classes
+    assert [splits.class_names[VOCAB.index(ch)] for ch in " \n\ta"] == ["␣", "\\n", "\\t", "a"]
 
 
 def test_char_lstm_predicts_every_position():
@@ -410,6 +415,10 @@ def test_hf_model_with_its_own_tokenizer_compresses(tmp_path):
     assert config.data.tokenizer == str(folder)
     result = compress(config, out=str(tmp_path / "run"), quiet=True, log=lambda *_: None)
     assert result["predictions"] == 13 * 16 and 0 < result["perplexity"] < 1000
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab()
+    assert result["test"]["class_names"] and all(vocab[name] == int(c) for c, name in result["test"]["class_names"].items())
     small = tmp_path / "small"
     tiny_llama(vocab_size=97).save_pretrained(str(small))
     with pytest.raises(ConfigError, match=r"data\.tokenizer \(.*\) has 300 token ids but the model fails on them \(index out of range"):
@@ -420,3 +429,41 @@ def test_hf_model_with_its_own_tokenizer_compresses(tmp_path):
     with pytest.raises(DataError, match=r"data\.tokenizer: .*tokenizer\.json does not exist"):
         Workspace.from_config(parse_config({**raw, "model": {"name": f"hf:{small}"}, "data": {**raw["data"], "tokenizer": str(small)}}),
                               log=lambda *_: None)
+
+
+def test_report_names_a_language_models_classes(tmp_path):
+    """Per-class figures of a large vocabulary: the result names only the most flipped classes and
+    those its exemplars show (not all 300), the plot shows the 40 most flipped (a bounded figure,
+    not 300 bars), and the exemplar table shows each token beside its id, '|' escaped in Markdown."""
+    pytest.importorskip("matplotlib")
+    import json
+
+    from PIL import Image
+
+    from condensa.metrics.accuracy import Predictions
+    from condensa.report.render import write_report
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 300, (3000,))
+    names = [f"t{c}" for c in range(300)]
+    names[int(labels[0])] = "|"
+    ref_logits = nn.functional.one_hot(labels, 300).float() * 5  # the reference is right everywhere
+    cmp_logits = ref_logits.clone()
+    cmp_logits[::3, 7] = 10.0  # a third of the positions flip to class 7
+    ids = torch.arange(3000)
+    m = mismatches(Predictions.from_logits(ref_logits, labels, ids), Predictions.from_logits(cmp_logits, labels, ids), 300,
+                   class_names=names)
+    named = m["class_names"]
+    assert len(named) < 100 and named["7"] == "t7" and named[str(int(labels[0]))] == "|"
+    assert set(named) >= {str(x["label"]) for x in m["exemplars"]}
+    top = sorted(m["per_class_mismatches"], key=lambda c: -m["per_class_mismatches"][c])[:40]
+    assert set(top) <= set(named)
+    run = tmp_path / "run"
+    run.mkdir()
+    test = {**m, "accuracy": 100 - m["mismatch_rate"], "accuracy_drop": m["mismatch_rate"], "compression_ratio": 4.0}
+    (run / "result.json").write_text(json.dumps({"command": "compress", "test": test}))
+    write_report(run)
+    with Image.open(run / "per-class-mismatches.png") as image:
+        assert image.width < 2000  # 300 bars would be 0.35 in each: over 11,000 pixels wide
+    md = (run / "report.md").read_text()
+    assert "| t7 (7) |" in md and "\\| (" in md

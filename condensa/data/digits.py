@@ -46,6 +46,8 @@ class Splits:
     test: Dataset
     num_classes: int
     input_shape: tuple[int, ...]
+    #: what each class id means, for reports (the character or token of a language model's class)
+    class_names: tuple[str, ...] | None = None
 
 
 def digits_splits(seed: int = 0, val_fraction: float = 0.2, test_fraction: float = TEST_FRACTION,

@@ -99,6 +99,7 @@ def _vision_splits(config: Any) -> Splits:
         _Indexed(test, _limit(list(range(len(test))), config.limit)),
         num_classes,
         shape,
+        tuple(train_aug.classes),
     )
 
 

@@ -123,5 +123,13 @@ def text_splits(config: Any) -> Splits:
     def part(lo: int, hi: int) -> IndexedTensorDataset:
         return IndexedTensorDataset(windows[lo:hi], labels[lo:hi], idx[lo:hi])
 
-    classes = len(VOCAB) if tokenizer is None else tokenizer.get_vocab_size()
-    return Splits(part(0, n_train), part(n_train, n_train + n_val), part(n_train + n_val, n), classes, (seq_len,))
+    if tokenizer is None:
+        names = tuple(display(ch) for ch in VOCAB)
+    else:
+        names = tuple(display(tokenizer.id_to_token(i) or "") for i in range(tokenizer.get_vocab_size()))
+    return Splits(part(0, n_train), part(n_train, n_train + n_val), part(n_train + n_val, n), len(names), (seq_len,), names)
+
+
+def display(token: str) -> str:
+    """A character or token as a report shows it: whitespace made visible."""
+    return token.replace(" ", "␣").replace("\n", "\\n").replace("\t", "\\t") or "∅"

@@ -7,6 +7,7 @@ they fall on classes, and exactly which examples flipped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -14,11 +15,18 @@ import torch
 from .accuracy import Predictions
 
 
-def mismatches(reference: Predictions, compressed: Predictions, num_classes: int | None = None, exemplars: int = 20) -> dict[str, Any]:
+#: the classes with the most flips whose names a result records (with those its exemplars name)
+NAMED_CLASSES = 40
+
+
+def mismatches(reference: Predictions, compressed: Predictions, num_classes: int | None = None, exemplars: int = 20,
+               class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Fidelity figures of ``compressed`` against ``reference`` on the same examples.
 
     Rates are in percent. ``per_class_*`` is keyed by the true label. ``bias`` is the worst
     class's mismatch rate divided by the mean class rate (1.0 = evenly spread; 0 when no flips).
+    ``class_names`` adds ``class_names`` for the classes a report shows: the most flipped ones and
+    those the exemplars name (not all: a tokenizer's vocabulary has tens of thousands).
     """
     if not torch.equal(reference.indices, compressed.indices):
         raise ValueError("reference and compressed predictions are not on the same examples")
@@ -40,7 +48,7 @@ def mismatches(reference: Predictions, compressed: Predictions, num_classes: int
     flipped_positions = torch.nonzero(flipped).reshape(-1).tolist()
     # Most confident reference answers that changed first: the most surprising flips.
     flipped_positions.sort(key=lambda i: -float(ref_conf[i]))
-    return {
+    result = {
         "mismatches": int(flipped.sum()),
         "mismatch_rate": 100.0 * int(flipped.sum()) / n if n else 0.0,
         "mismatches_ref_correct": int((flipped & ref_correct).sum()),
@@ -62,3 +70,9 @@ def mismatches(reference: Predictions, compressed: Predictions, num_classes: int
             for i in flipped_positions[:exemplars]
         ],
     }
+    if class_names is not None:
+        shown = sorted(range(num_classes), key=lambda c: -class_flips[c])[:NAMED_CLASSES]
+        for x in result["exemplars"]:
+            shown += [x["label"], x["reference_pred"], x["compressed_pred"]]
+        result["class_names"] = {str(c): class_names[c] for c in sorted(set(shown)) if 0 <= c < len(class_names)}
+    return result

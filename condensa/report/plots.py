@@ -148,18 +148,23 @@ def accuracy_vs_ratio(result: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out)
 
 
-def per_class_mismatches(result: dict[str, Any], out: Path) -> Path | None:
-    """Mismatch rate per true class of the final model on the test split."""
-    rates = (result.get("test") or {}).get("per_class_mismatch_rate")
+def per_class_mismatches(result: dict[str, Any], out: Path, most: int = 40) -> Path | None:
+    """Mismatch rate per true class of the final model on the test split: every class, or the
+    ``most`` classes with the most mismatches when there are more (a language model's characters
+    or tokens), named when the result names them."""
+    test = result.get("test") or {}
+    rates = test.get("per_class_mismatch_rate")
     if not rates:
         return None
+    counts, names = test.get("per_class_mismatches") or {}, test.get("class_names") or {}
+    mean = sum(rates.values()) / len(rates)
     classes = list(rates)
-    values = [rates[c] for c in classes]
-    mean = sum(values) / len(values)
+    if len(classes) > most:
+        classes = sorted(sorted(classes, key=lambda c: -counts.get(c, 0))[:most], key=int)
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(classes)), 4))
-    ax.bar(classes, values, color=ACCENT)
-    ax.axhline(mean, color="black", ls="--", lw=1, label=f"mean {mean:.2f}%")
-    ax.set_xlabel("true class")
+    ax.bar([names.get(c, c) for c in classes], [rates[c] for c in classes], color=ACCENT)
+    ax.axhline(mean, color="black", ls="--", lw=1, label=f"mean of all {len(rates)} classes {mean:.2f}%")
+    ax.set_xlabel("true class" if len(classes) == len(rates) else f"true class: the {len(classes)} of {len(rates)} with most mismatches")
     ax.set_ylabel("mismatch rate (%)")
     ax.set_title(f"Mismatches vs the reference, by true class (test split)\n"
                  f"bias = worst class rate / mean rate = {result['test'].get('mismatch_bias', 0):.2f}", fontsize=10)

@@ -66,14 +66,20 @@ def _feasible_label(evaluation: dict[str, Any], set_aside: set[int]) -> str:
 
 
 def _exemplar_rows(result: dict[str, Any]) -> list[list[str]]:
-    return [[str(x["id"]), str(x["label"]), str(x["reference_pred"]), str(x["compressed_pred"]),
+    test = result.get("test") or {}
+    names = test.get("class_names") or {}
+
+    def named(c: int) -> str:  # a language model's class is a character or token: show it beside its id
+        return f"{names[str(c)]} ({c})" if str(c) in names else str(c)
+
+    return [[str(x["id"]), named(x["label"]), named(x["reference_pred"]), named(x["compressed_pred"]),
              f"{x['reference_confidence']:.3f}", f"{x['compressed_confidence']:.3f}"]
-            for x in (result.get("test") or {}).get("exemplars", [])[:10]]
+            for x in test.get("exemplars", [])[:10]]
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]  # a class named "|"
     return "\n".join(lines)
 
 
