@@ -14,7 +14,6 @@ import torch
 
 from .accuracy import Predictions
 
-
 #: the classes with the most flips whose names a result records (with those its exemplars name)
 NAMED_CLASSES = 40
 
