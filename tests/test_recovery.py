@@ -51,6 +51,20 @@ def test_fixed_weights_are_normalized():
     assert sum(loss.weights.values()) == pytest.approx(1.0)
 
 
+def test_default_distillation_is_kl_flip_and_half_ce_by_hand():
+    """recovery.loss: distill with nothing else set (the benchmarked default, README): KL at T = 1,
+    the flip hinge at margin 0.3 and CE at half weight, normalized: 0.4 KL + 0.4 flip + 0.2 CE."""
+    from condensa.recovery import make_loss
+
+    loss = make_loss(RecoveryConfig.from_dict({"loss": "distill"}))
+    p = torch.softmax(TEACHER, dim=1)
+    kl = (p * (p.log() - torch.log_softmax(LOGITS, 1))).sum(dim=1).mean()
+    ce = -(torch.log_softmax(LOGITS, 1)[0, 0] + torch.log_softmax(LOGITS, 1)[1, 1]) / 2
+    flip = ((0.3 + 1.0) + (0.3 - 0.3)) / 2  # student margins vs the teacher's label 1: -1 and 0.3
+    assert loss(LOGITS, LABELS, TEACHER).item() == pytest.approx(0.4 * kl.item() + 0.4 * flip + 0.2 * ce.item(), abs=1e-6)
+    assert DistillLoss()(LOGITS, LABELS, TEACHER).item() == pytest.approx(loss(LOGITS, LABELS, TEACHER).item())
+
+
 def test_softadapt_shifts_weight_to_a_term_that_stops_improving():
     adapt = SoftAdapt(("a", "b"), window=10, beta=5.0)
     for step in range(10):

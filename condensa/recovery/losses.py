@@ -13,8 +13,9 @@ for the temperature-scaled KL term). Terms:
   zero once the student agrees with the teacher by a margin, so it acts only on examples whose
   label would flip (or nearly does).
 
-Weights are fixed, or tuned during training by SoftAdapt (Heydari et al., arXiv 1912.12355):
-every ``window`` steps each term's relative rate of change over the window is computed, the rates
+The defaults (the ``recovery`` section's) are KL at T = 1 + flip (margin 0.3) + CE at half
+weight; see :data:`~condensa.recovery.config.DISTILL_WEIGHTS`. Weights are fixed, or tuned during
+training by SoftAdapt (Heydari et al., arXiv 1912.12355): every ``window`` steps each term's relative rate of change over the window is computed, the rates
 are normalized by their largest magnitude, and the weights become ``softmax(beta * rate)``. A term
 that has stopped improving (rate near 0) while others still fall gets more weight; weights always
 sum to 1.
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
+from .config import DISTILL_WEIGHTS
 
 TERMS = ("ce", "kl", "logit", "flip")
 
@@ -88,8 +90,8 @@ class SoftAdapt:
 class DistillLoss:
     """Callable ``(student_logits, labels, teacher_logits) -> loss`` for the training loop."""
 
-    def __init__(self, temperature: float = 4.0, weights: str | Mapping[str, float] = "auto", window: int = 10,
-                 beta: float = 5.0, margin: float = 1.0) -> None:
+    def __init__(self, temperature: float = 1.0, weights: str | Mapping[str, float] = DISTILL_WEIGHTS, window: int = 10,
+                 beta: float = 5.0, margin: float = 0.3) -> None:
         self.temperature, self.margin = temperature, margin
         self.adapt = SoftAdapt(TERMS, window, beta) if weights == "auto" else None
         if self.adapt is None:
