@@ -8,7 +8,7 @@ trainings (``model.train.epochs``) and recovery budgets (``recovery.epochs``), e
 the config has it; one seed per row (the recovery seed of the config). Figures on all test
 positions.
 
-    python benchmarks/lstm_fidelity.py [--density 0.2] [--reference-epochs 6 15] [--recovery-epochs 2 8] [--variants]
+    python benchmarks/lstm_fidelity.py [--density 0.2] [--reference-epochs 6 15] [--recovery-epochs 2 8] [--lr X] [--variants]
 """
 
 from __future__ import annotations
@@ -46,11 +46,13 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.2)
     parser.add_argument("--reference-epochs", nargs="+", type=int, default=[6, 15])
     parser.add_argument("--recovery-epochs", nargs="+", type=int, default=[2, 8])
+    parser.add_argument("--lr", type=float, help="recovery learning rate (default: the config's)")
     parser.add_argument("--variants", action="store_true", help="also the losses in VARIANTS")
     parser.add_argument("--methods", nargs="+", choices=[*METHODS, *VARIANTS], help="only these rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     raw = yaml.safe_load((REPO / args.config).read_text())
+    print(f"recovery lr {args.lr or raw['recovery'].get('lr', 'auto')}, density {args.density}\n")
     print("| reference epochs | reference accuracy % | recovery epochs | method | accuracy % | mismatches | of | seconds |")
     print("|---:|---:|---:|---|---:|---:|---:|---:|")
     strategy = build_strategy(raw["strategy"]["scheme"], {**raw["strategy"]["args"], "density": args.density}, None)
@@ -65,7 +67,8 @@ def main() -> None:
                     continue
                 start = time.perf_counter()
                 model, _ = strategy.apply(ws.reference)
-                settings = RecoveryConfig.from_dict({**config.recovery, **method, "epochs": epochs})
+                settings = RecoveryConfig.from_dict({**config.recovery, **method, "epochs": epochs,
+                                                     **({"lr": args.lr} if args.lr else {})})
                 model = recover(model, ws.reference, ws.splits.train, settings, strategy=strategy, seed=config.seed)
                 metrics = ws.measure(model, "test")
                 print(f"| {reference_epochs} | {reference.accuracy:.2f} | {epochs} | {label} | {metrics['accuracy']:.2f} | "
