@@ -54,8 +54,9 @@ def load_tokenizer(spec: str | Path):
 
 
 def tokenize(tokenizer, text: str, chunk_chars: int = 1 << 16) -> torch.Tensor:
-    """Token ids of ``text`` without special tokens, encoded in chunks cut at line ends (a batch
-    the tokenizer encodes in parallel; a token never spans a line end in code or prose)."""
+    """Token ids of ``text`` without special tokens, encoded in chunks of about ``chunk_chars``
+    cut after a line end (a batch the tokenizer encodes in parallel). Only a whitespace run across
+    a cut, once per chunk, may tokenize differently than in one piece."""
     chunks, start = [], 0
     while start < len(text):
         end = text.find("\n", start + chunk_chars)
