@@ -39,8 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"char_gpt": "configs/lm-char-gpt.yaml", "char_lstm": "configs/lm-char-lstm.yaml"}
 
 
-
-
 def search_result(run_dir: str) -> tuple[str, str, object]:
     """``(model name, label, strategy)`` of a finished ``condensa search`` run: its config's
     strategy bound to the chosen knobs."""

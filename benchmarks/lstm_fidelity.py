@@ -21,6 +21,7 @@ import torch
 import yaml
 
 # benchmarks/recovery.py (this script's folder is on sys.path when it runs)
+from recovery import FORMER
 from recovery import METHODS as RECOVERY_METHODS
 
 from condensa.config import parse_config
@@ -34,7 +35,7 @@ METHODS = {label: RECOVERY_METHODS[label] for label in ("finetune + ce", "lc + d
 #: other label-preserving losses (``--variants``) than the default (KL + flip at margin 0.3 + CE/2):
 #: KL alone (the default before), KL + flip without CE, and a higher temperature
 VARIANTS = {
-    "lc + distill, kl only": {"method": "lc", "loss": "distill", "weights": {"kl": 1}},
+    "lc + distill, kl only": FORMER["lc + kl"],
     "lc + distill, kl + flip": {"method": "lc", "loss": "distill", "weights": {"kl": 1, "flip": 1}},
     "lc + distill, T = 2": {"method": "lc", "loss": "distill", "temperature": 2.0},
 }

@@ -105,8 +105,8 @@ def memorization_report(workspace: Workspace, config: Config, model, log: Callab
                     weight_decay=train_cfg.weight_decay, batch_size=train_cfg.batch_size),
         models=config.metrics.memorization_models, seed=config.seed, data_key=data_key(config.data), device=workspace.device,
     )
-    flips = mismatches(workspace.reference_predictions("train"), predict(model, workspace.splits.train, device=workspace.device, keep_logits=False),
-                       workspace.splits.num_classes)
+    compressed = predict(model, workspace.splits.train, device=workspace.device, keep_logits=False)
+    flips = mismatches(workspace.reference_predictions("train"), compressed, workspace.splits.num_classes)
     relation = memorization_vs_flips(scores, flips["flipped_ids"])
     relation["models"] = config.metrics.memorization_models
     relation["train_mismatches"] = flips["mismatches"]

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError
 from .digits import Splits, digits_splits
-from .text import text_splits
+from .text import text_splits, tokenizer_file
 
 #: the data sets a config can name (``data.name``)
 DATA_SETS = ("digits", "cifar10", "imagefolder", "text")
@@ -144,7 +144,6 @@ def data_key(config: Any) -> dict[str, Any]:
     if config.name == "text":
         key["labels"] = "every_position"  # references cached before per-position text are not reused
         if getattr(config, "tokenizer", None):  # the tokenizer's contents, not just its path
-            path = Path(config.tokenizer).expanduser()
-            file = path / "tokenizer.json" if path.is_dir() else path
-            key["tokenizer"] = hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else str(path)
+            file = tokenizer_file(config.tokenizer)
+            key["tokenizer"] = hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else str(file)
     return key

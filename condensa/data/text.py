@@ -34,13 +34,18 @@ def encode(text: str) -> torch.Tensor:
     return torch.tensor([lookup.get(ch, unknown) for ch in text], dtype=torch.int64)
 
 
-def load_tokenizer(spec: str | Path):
-    """A Hugging Face fast tokenizer read from its ``tokenizer.json`` (the file, or a folder holding
-    it, as ``save_pretrained`` writes) with the ``tokenizers`` library: a JSON description, so
-    nothing in the folder is unpickled or run (``tokenizer_config.json``'s ``auto_map`` is never
-    looked at)."""
+def tokenizer_file(spec: str | Path) -> Path:
+    """The ``tokenizer.json`` that ``data.tokenizer`` names: the file, or the one in a folder (as
+    ``save_pretrained`` writes it)."""
     path = Path(spec).expanduser()
-    file = path / "tokenizer.json" if path.is_dir() else path
+    return path / "tokenizer.json" if path.is_dir() else path
+
+
+def load_tokenizer(spec: str | Path):
+    """A Hugging Face fast tokenizer read from its ``tokenizer.json`` with the ``tokenizers``
+    library: a JSON description, so nothing in the folder is unpickled or run
+    (``tokenizer_config.json``'s ``auto_map`` is never looked at)."""
+    file = tokenizer_file(spec)
     if not file.is_file():
         raise DataError(f"data.tokenizer: {file} does not exist; give a tokenizer.json or a folder holding one "
                         "(save_pretrained of a fast tokenizer writes it)")

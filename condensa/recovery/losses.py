@@ -15,10 +15,10 @@ for the temperature-scaled KL term). Terms:
 
 The defaults (the ``recovery`` section's) are KL at T = 1 + flip (margin 0.3) + CE at half
 weight; see :data:`~condensa.recovery.config.DISTILL_WEIGHTS`. Weights are fixed, or tuned during
-training by SoftAdapt (Heydari et al., arXiv 1912.12355): every ``window`` steps each term's relative rate of change over the window is computed, the rates
-are normalized by their largest magnitude, and the weights become ``softmax(beta * rate)``. A term
-that has stopped improving (rate near 0) while others still fall gets more weight; weights always
-sum to 1.
+training by SoftAdapt (Heydari et al., arXiv 1912.12355): every ``window`` steps each term's
+relative rate of change over the window is computed, the rates are normalized by their largest
+magnitude, and the weights become ``softmax(beta * rate)``. A term that has stopped improving
+(rate near 0) while others still fall gets more weight; weights always sum to 1.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any
 
 import matplotlib
 
+from ..metrics.fidelity import NAMED_CLASSES
 from ..search import constraint_band
 
 matplotlib.use("Agg")
@@ -148,7 +149,7 @@ def accuracy_vs_ratio(result: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out)
 
 
-def per_class_mismatches(result: dict[str, Any], out: Path, most: int = 40) -> Path | None:
+def per_class_mismatches(result: dict[str, Any], out: Path, most: int = NAMED_CLASSES) -> Path | None:
     """Mismatch rate per true class of the final model on the test split: every class, or the
     ``most`` classes with the most mismatches when there are more (a language model's characters
     or tokens), named when the result names them."""
