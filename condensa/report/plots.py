@@ -12,7 +12,6 @@ from typing import Any
 
 import matplotlib
 
-from ..metrics.fidelity import NAMED_CLASSES
 from ..search import constraint_band
 
 matplotlib.use("Agg")
@@ -149,10 +148,11 @@ def accuracy_vs_ratio(result: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out)
 
 
-def per_class_mismatches(result: dict[str, Any], out: Path, most: int = NAMED_CLASSES) -> Path | None:
+def per_class_mismatches(result: dict[str, Any], out: Path, most: int = 40) -> Path | None:
     """Mismatch rate per true class of the final model on the test split: every class, or the
     ``most`` classes with the most mismatches when there are more (a language model's characters
-    or tokens), named when the result names them."""
+    or tokens), named when the result names them (``metrics.fidelity.NAMED_CLASSES``, also 40, names
+    the most flipped: reports read result files and do not import the metrics package)."""
     test = result.get("test") or {}
     rates = test.get("per_class_mismatch_rate")
     if not rates:
